@@ -1,0 +1,1 @@
+//! The per-shard durable log (owned by the durability work).

@@ -1,0 +1,6 @@
+//! percore-shards (skeleton, filled in below).
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod record;
+pub mod recovery;

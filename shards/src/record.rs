@@ -1,0 +1,1 @@
+//! The on-disk log record format (owned by the durability work).

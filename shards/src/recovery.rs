@@ -1,0 +1,1 @@
+//! The recovery fold (owned by the durability work).
