@@ -1,6 +1,34 @@
-//! percore-shards (skeleton, filled in below).
+//! # percore-shards
+//!
+//! The single-core half of [percore](https://docs.rs/percore): everything one
+//! shard does, as plain single-threaded code with no threads, clocks or
+//! syscalls. The runtime (the `percore` crate) feeds a [`Shard`] envelopes from
+//! its rings and the current time, and takes back what the shard wants sent.
+//! That keeps every rule about entities — activation, exclusivity, replies,
+//! continuations, timers, panic isolation — testable in one thread,
+//! deterministically (the pattern of quinn-proto under quinn).
+//!
+//! Users normally depend on `percore`, which re-exports [`Entity`], [`Ctx`] and
+//! the error types from here.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod ctx;
+pub mod dispatch;
+pub mod entity;
+pub mod envelope;
+pub mod error;
+pub mod kinds;
 pub mod record;
 pub mod recovery;
+pub mod shard;
+pub mod table;
+pub mod timers;
+
+pub use ctx::Ctx;
+pub use entity::{Entity, KindId};
+pub use envelope::{Envelope, Op};
+pub use error::{AskError, SendError};
+pub use kinds::{DuplicateKind, Kinds};
+pub use shard::{Counters, Destination, Outbox, Shard, ShardSpec};
+pub use timers::TimerId;

@@ -1,0 +1,570 @@
+//! `Client`: how threads outside the engine talk to entities.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use percore_shards::envelope::{SenderId, CLIENT_BIT};
+use percore_shards::table::KeyMap;
+use percore_shards::{AskError, Entity, Envelope, KindId, Op};
+use rtrb::{Consumer, Producer, PushError};
+
+use crate::error::TellError;
+use crate::shared::{ClientSignals, Shared};
+use crate::sync::{light_barrier, thread_waker};
+
+/// A handle for sending to entities from outside the engine.
+///
+/// `Send` but not `Sync`: make one per thread with
+/// [`Engine::client`](crate::Engine::client) (each owns a request ring and a
+/// reply ring per shard, so its sends need no locks). Messages from one client
+/// to one entity are handled in the order they were sent.
+///
+/// Dropping a client lets the shards finish what it sent, then frees its slot.
+pub struct Client {
+    shared: Arc<Shared>,
+    slot: usize,
+    sender: SenderId,
+    signals: Arc<ClientSignals>,
+    requests: RefCell<Vec<Producer<Envelope>>>,
+    replies: RefCell<Vec<Consumer<Envelope>>>,
+    /// Replies that arrived while waiting for another one.
+    stash: RefCell<KeyMap<Envelope>>,
+    /// Asks whose caller stopped waiting (timeout, dropped future), with how
+    /// to drop their reply's payload when it arrives.
+    abandoned: RefCell<KeyMap<fn(Envelope)>>,
+    next_token: Cell<u64>,
+    thread_waker: RefCell<Option<(ThreadId, Waker)>>,
+}
+
+enum PushFail {
+    Full,
+    ShuttingDown,
+}
+
+impl PushFail {
+    fn into_tell_error<M>(self, msg: M) -> TellError<M> {
+        match self {
+            PushFail::Full => TellError::Full(msg),
+            PushFail::ShuttingDown => TellError::ShuttingDown(msg),
+        }
+    }
+}
+
+impl Client {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        slot: usize,
+        signals: Arc<ClientSignals>,
+        requests: Vec<Producer<Envelope>>,
+        replies: Vec<Consumer<Envelope>>,
+    ) -> Self {
+        Client {
+            shared,
+            slot,
+            sender: CLIENT_BIT | slot as SenderId,
+            signals,
+            requests: RefCell::new(requests),
+            replies: RefCell::new(replies),
+            stash: RefCell::new(KeyMap::default()),
+            abandoned: RefCell::new(KeyMap::default()),
+            next_token: Cell::new(1),
+            thread_waker: RefCell::new(None),
+        }
+    }
+
+    /// The client's slot (0 ..< `max_clients`).
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// The shard that owns `key` of kind `E`, or `None` if `E` is not registered.
+    pub fn shard_of<E: Entity>(&self, key: u64) -> Option<usize> {
+        let kind = self.shared.kinds.id_of::<E>()?;
+        Some(self.home(kind, key))
+    }
+
+    #[inline]
+    fn home(&self, kind: KindId, key: u64) -> usize {
+        self.shared
+            .kinds
+            .home_shard(kind, key, self.shared.shard_count())
+    }
+
+    /// Sends `msg` to entity `key` of kind `E`, fire and forget. When the ring
+    /// to its shard is full, waits (spinning briefly, then sleeping) up to the
+    /// configured `send_wait_us_max`.
+    ///
+    /// # Errors
+    ///
+    /// Hands the message back in [`TellError::Full`] after the wait,
+    /// [`TellError::ShuttingDown`] once the engine stops taking messages, or
+    /// [`TellError::UnknownKind`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use percore::{Ctx, Engine, Entity, IdlePolicy};
+    /// # struct Counter(u64);
+    /// # impl Entity for Counter {
+    /// #     const KIND: &'static str = "counter";
+    /// #     type Msg = u64;
+    /// #     type Reply = u64;
+    /// #     fn activate(_: u64) -> Self { Counter(0) }
+    /// #     fn handle(&mut self, n: u64, _: &mut Ctx<'_, Self>) -> u64 { self.0 += n; self.0 }
+    /// # }
+    /// let engine = Engine::builder().shards(1).idle(IdlePolicy::Park).register::<Counter>().build()?;
+    /// let client = engine.client()?;
+    /// client.tell::<Counter>(7, 5).unwrap();
+    /// assert_eq!(client.ask::<Counter>(7, 1)?, 6);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn tell<E: Entity>(&self, key: u64, msg: E::Msg) -> Result<(), TellError<E::Msg>> {
+        self.send_tell::<E>(key, msg, true)
+    }
+
+    /// Like [`Client::tell`] but never waits: a full ring hands the message
+    /// back at once in [`TellError::Full`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::tell`], with no wait.
+    #[inline]
+    pub fn try_tell<E: Entity>(&self, key: u64, msg: E::Msg) -> Result<(), TellError<E::Msg>> {
+        self.send_tell::<E>(key, msg, false)
+    }
+
+    fn send_tell<E: Entity>(
+        &self,
+        key: u64,
+        msg: E::Msg,
+        wait: bool,
+    ) -> Result<(), TellError<E::Msg>> {
+        let Some(kind) = self.shared.kinds.id_of::<E>() else {
+            return Err(TellError::UnknownKind(msg));
+        };
+        let shard = self.home(kind, key);
+        let env = Envelope::new(kind, key, Op::Tell, msg).with_route(self.sender, 0);
+        match self.send_one(shard, env, wait) {
+            Ok(()) => {
+                self.shared.doorbells[shard].notify();
+                Ok(())
+            }
+            // SAFETY: made above with `E::Msg`.
+            Err((env, fail)) => Err(fail.into_tell_error(unsafe { env.take::<E::Msg>() })),
+        }
+    }
+
+    /// Sends every `(key, msg)` of `batch` to entities of kind `E`, waking
+    /// each shard once at the end instead of once per message. Waits like
+    /// [`Client::tell`] when a ring is full.
+    ///
+    /// # Errors
+    ///
+    /// Stops at the first message that cannot be sent and hands it back with
+    /// how many were sent before it; the rest of `batch` is not consumed.
+    pub fn tell_batch<E: Entity, I>(&self, batch: I) -> Result<usize, (usize, TellError<E::Msg>)>
+    where
+        I: IntoIterator<Item = (u64, E::Msg)>,
+    {
+        let mut batch = batch.into_iter();
+        let Some(kind) = self.shared.kinds.id_of::<E>() else {
+            return match batch.next() {
+                Some((_, msg)) => Err((0, TellError::UnknownKind(msg))),
+                None => Ok(0),
+            };
+        };
+        let n = self.shared.shard_count();
+        let mut touched = 0u128; // shards to wake at the end (n <= 128, checked at build)
+        let mut sent = 0;
+        let mut requests = self.requests.borrow_mut();
+        let mut failed = None;
+        match self.enter() {
+            Err(fail) => {
+                failed = batch.next().map(|(_, msg)| fail.into_tell_error(msg));
+            }
+            Ok(()) => {
+                for (key, msg) in batch.by_ref() {
+                    let shard = self.home(kind, key);
+                    let env = Envelope::new(kind, key, Op::Tell, msg).with_route(self.sender, 0);
+                    if let Err((env, fail)) = self.push(&mut requests[shard], shard, env, true) {
+                        // SAFETY: made just above with `E::Msg`.
+                        failed = Some(fail.into_tell_error(unsafe { env.take::<E::Msg>() }));
+                        break;
+                    }
+                    touched |= 1 << shard;
+                    sent += 1;
+                }
+                self.leave();
+            }
+        }
+        drop(requests);
+        for shard in 0..n {
+            if touched & (1 << shard) != 0 {
+                self.shared.doorbells[shard].notify();
+            }
+        }
+        match failed {
+            None => Ok(sent),
+            Some(e) => Err((sent, e)),
+        }
+    }
+
+    /// Asks entity `key` of kind `E` and blocks until the reply comes.
+    ///
+    /// # Errors
+    ///
+    /// [`AskError::Panicked`] if the handler panicked, [`AskError::ShuttingDown`],
+    /// [`AskError::Full`] if the ring stayed full for `send_wait_us_max`,
+    /// [`AskError::UnknownKind`]. The message is dropped in every case.
+    pub fn ask<E: Entity>(&self, key: u64, msg: E::Msg) -> Result<E::Reply, AskError> {
+        let (shard, token) = self.send_ask::<E>(key, msg)?;
+        self.wait_reply::<E::Reply>(shard, token, None)
+    }
+
+    /// Like [`Client::ask`], giving up after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::ask`], plus [`AskError::Timeout`]; a late reply is
+    /// discarded when it arrives.
+    pub fn ask_timeout<E: Entity>(
+        &self,
+        key: u64,
+        msg: E::Msg,
+        timeout: Duration,
+    ) -> Result<E::Reply, AskError> {
+        let deadline = Instant::now() + timeout;
+        let (shard, token) = self.send_ask::<E>(key, msg)?;
+        self.wait_reply::<E::Reply>(shard, token, Some(deadline))
+    }
+
+    /// Asks without blocking the thread: a future that resolves to the reply
+    /// and works in any executor (it registers the task's waker and is woken by
+    /// the shard). The request is sent when this is called, not when the
+    /// future is first polled. Several may be in flight at once.
+    ///
+    /// # Errors
+    ///
+    /// The future resolves to the errors of [`Client::ask`].
+    pub fn ask_async<E: Entity>(&self, key: u64, msg: E::Msg) -> AskFuture<'_, E::Reply> {
+        let state = match self.send_ask::<E>(key, msg) {
+            Ok((shard, token)) => AskState::Waiting { shard, token },
+            Err(e) => AskState::Failed(e),
+        };
+        AskFuture {
+            client: self,
+            state,
+            _reply: PhantomData,
+        }
+    }
+
+    fn send_ask<E: Entity>(&self, key: u64, msg: E::Msg) -> Result<(usize, u64), AskError> {
+        let kind = self
+            .shared
+            .kinds
+            .id_of::<E>()
+            .ok_or(AskError::UnknownKind)?;
+        let shard = self.home(kind, key);
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        let env = Envelope::new(kind, key, Op::AskClient, msg).with_route(self.sender, token);
+        match self.send_one(shard, env, true) {
+            Ok(()) => {
+                self.shared.doorbells[shard].notify();
+                Ok((shard, token))
+            }
+            Err((env, fail)) => {
+                // SAFETY: made above with `E::Msg`; dropped like any unsent message.
+                drop(unsafe { env.take::<E::Msg>() });
+                Err(match fail {
+                    PushFail::Full => AskError::Full,
+                    PushFail::ShuttingDown => AskError::ShuttingDown,
+                })
+            }
+        }
+    }
+
+    /// Marks the client busy and checks that the engine still takes messages
+    /// (the client half of shutdown sealing; see `Shared::seal_clients`).
+    #[inline]
+    fn enter(&self) -> Result<(), PushFail> {
+        self.signals.busy.store(true, Ordering::Relaxed);
+        light_barrier();
+        if self.shared.stopping.load(Ordering::Relaxed) {
+            self.leave();
+            return Err(PushFail::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// `enter`, push, `leave`.
+    #[inline]
+    fn send_one(
+        &self,
+        shard: usize,
+        env: Envelope,
+        wait: bool,
+    ) -> Result<(), (Envelope, PushFail)> {
+        let mut requests = self.requests.borrow_mut();
+        if let Err(fail) = self.enter() {
+            return Err((env, fail));
+        }
+        let r = self.push(&mut requests[shard], shard, env, wait);
+        self.leave();
+        r
+    }
+
+    #[inline]
+    fn leave(&self) {
+        self.signals.busy.store(false, Ordering::Release);
+    }
+
+    /// Pushes one envelope, waiting (boundedly) for room if `wait`. Must be
+    /// called between `enter` and `leave`; while it sleeps it leaves and
+    /// re-enters, so a shutdown never waits for a client stuck on a full ring.
+    fn push(
+        &self,
+        ring: &mut Producer<Envelope>,
+        shard: usize,
+        env: Envelope,
+        wait: bool,
+    ) -> Result<(), (Envelope, PushFail)> {
+        let mut env = match ring.push(env) {
+            Ok(()) => return Ok(()),
+            Err(PushError::Full(env)) if wait => env,
+            Err(PushError::Full(env)) => return Err((env, PushFail::Full)),
+        };
+        let deadline = Instant::now() + Duration::from_micros(self.shared.config.send_wait_us_max);
+        let mut round = 0u32;
+        loop {
+            // The shard may be asleep with its ring full only if it parked
+            // before our pushes: make sure it drains.
+            self.shared.doorbells[shard].notify();
+            self.leave();
+            if Instant::now() >= deadline {
+                return Err((env, PushFail::Full));
+            }
+            backoff(round);
+            round += 1;
+            if let Err(fail) = self.enter() {
+                return Err((env, fail));
+            }
+            match ring.push(env) {
+                Ok(()) => return Ok(()),
+                Err(PushError::Full(back)) => env = back,
+            }
+        }
+    }
+
+    /// Takes the reply for `token` from the stash or the reply ring of `shard`.
+    fn poll_reply(&self, shard: usize, token: u64) -> Option<Envelope> {
+        {
+            let mut stash = self.stash.borrow_mut();
+            if !stash.is_empty() {
+                if let Some(env) = stash.remove(&token) {
+                    return Some(env);
+                }
+            }
+        }
+        let mut replies = self.replies.borrow_mut();
+        while let Ok(env) = replies[shard].pop() {
+            if env.token == token {
+                return Some(env);
+            }
+            self.file_stray(env);
+        }
+        None
+    }
+
+    /// A reply for another ask: keep it for its asker, or drop it if its asker
+    /// gave up.
+    fn file_stray(&self, env: Envelope) {
+        if let Some(drop_reply) = self.abandoned.borrow_mut().remove(&env.token) {
+            drop_reply(env);
+        } else {
+            self.stash.borrow_mut().insert(env.token, env);
+        }
+    }
+
+    fn abandon<R: Send + 'static>(&self, token: u64) {
+        if let Some(env) = self.stash.borrow_mut().remove(&token) {
+            drop_reply::<R>(env);
+        } else {
+            self.abandoned
+                .borrow_mut()
+                .insert(token, drop_reply::<R> as fn(Envelope));
+        }
+    }
+
+    fn wait_reply<R: Send + 'static>(
+        &self,
+        shard: usize,
+        token: u64,
+        deadline: Option<Instant>,
+    ) -> Result<R, AskError> {
+        let spin = Duration::from_micros(self.shared.config.client_spin_us);
+        let spin_until = Instant::now() + spin;
+        let mut polls = 0u32;
+        loop {
+            if let Some(env) = self.poll_reply(shard, token) {
+                return decode_reply(env);
+            }
+            if self.shared.terminated.load(Ordering::Acquire) {
+                // Every shard has exited; a last look, then give up.
+                if let Some(env) = self.poll_reply(shard, token) {
+                    return decode_reply(env);
+                }
+                self.abandon::<R>(token);
+                return Err(AskError::ShuttingDown);
+            }
+            polls = polls.wrapping_add(1);
+            if polls % 64 != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                self.abandon::<R>(token);
+                return Err(AskError::Timeout);
+            }
+            if now < spin_until {
+                continue;
+            }
+            let waker = self.current_thread_waker();
+            self.signals.parker.prepare_sleep(&waker);
+            if let Some(env) = self.poll_reply(shard, token) {
+                self.signals.parker.cancel_sleep();
+                return decode_reply(env);
+            }
+            if !self.shared.terminated.load(Ordering::Acquire) {
+                // Bounded so a deadline is honoured; wakeups are not lost (see sync.rs).
+                let nap = deadline.map_or(Duration::from_millis(100), |d| {
+                    d.saturating_duration_since(now)
+                        .min(Duration::from_millis(100))
+                });
+                std::thread::park_timeout(nap);
+            }
+            self.signals.parker.cancel_sleep();
+        }
+    }
+
+    fn current_thread_waker(&self) -> Waker {
+        let me = std::thread::current();
+        let mut cached = self.thread_waker.borrow_mut();
+        match &*cached {
+            Some((id, w)) if *id == me.id() => w.clone(),
+            _ => {
+                let w = thread_waker(me.clone());
+                *cached = Some((me.id(), w.clone()));
+                w
+            }
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Replies that will never be read: drop them (payloads of unknown type
+        // leak; only replies to abandoned asks are dropped properly).
+        let abandoned = std::mem::take(&mut *self.abandoned.borrow_mut());
+        for ring in self.replies.borrow_mut().iter_mut() {
+            while let Ok(env) = ring.pop() {
+                if let Some(d) = abandoned.get(&env.token) {
+                    d(env);
+                }
+            }
+        }
+        self.signals.closed.store(true, Ordering::Release);
+        self.shared.bump_client_epochs();
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("slot", &self.slot).finish()
+    }
+}
+
+fn decode_reply<R>(env: Envelope) -> Result<R, AskError> {
+    match env.error_status() {
+        Some(err) => Err(err),
+        // SAFETY: a successful `ReplyClient` for this token was made by the
+        // handler of the kind asked, whose reply type is `R`.
+        None => Ok(unsafe { env.take::<R>() }),
+    }
+}
+
+fn drop_reply<R>(env: Envelope) {
+    drop(decode_reply::<R>(env));
+}
+
+/// Waits without burning a core: a few spins, then yields, then sleeps
+/// growing to 1 ms.
+fn backoff(round: u32) {
+    if round < 16 {
+        std::hint::spin_loop();
+    } else if round < 32 {
+        std::thread::yield_now();
+    } else {
+        let us = 1u64 << (round - 32).min(10);
+        std::thread::sleep(Duration::from_micros(us));
+    }
+}
+
+enum AskState {
+    Waiting { shard: usize, token: u64 },
+    Failed(AskError),
+    Done,
+}
+
+/// The reply to [`Client::ask_async`]. Dropping it before it resolves abandons
+/// the ask (its reply is discarded on arrival).
+#[must_use = "the reply is lost unless the future is awaited"]
+pub struct AskFuture<'c, R: Send + 'static> {
+    client: &'c Client,
+    state: AskState,
+    _reply: PhantomData<fn() -> R>,
+}
+
+impl<R: Send + 'static> Future for AskFuture<'_, R> {
+    type Output = Result<R, AskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let client = self.client;
+        let (shard, token) = match std::mem::replace(&mut self.state, AskState::Done) {
+            AskState::Waiting { shard, token } => (shard, token),
+            AskState::Failed(e) => return Poll::Ready(Err(e)),
+            AskState::Done => panic!("AskFuture polled after completion"),
+        };
+        if let Some(env) = client.poll_reply(shard, token) {
+            return Poll::Ready(decode_reply(env));
+        }
+        if client.shared.terminated.load(Ordering::Acquire) {
+            client.abandon::<R>(token);
+            return Poll::Ready(Err(AskError::ShuttingDown));
+        }
+        client.signals.parker.prepare_sleep(cx.waker());
+        if let Some(env) = client.poll_reply(shard, token) {
+            client.signals.parker.cancel_sleep();
+            return Poll::Ready(decode_reply(env));
+        }
+        self.state = AskState::Waiting { shard, token };
+        Poll::Pending
+    }
+}
+
+impl<R: Send + 'static> Drop for AskFuture<'_, R> {
+    fn drop(&mut self) {
+        if let AskState::Waiting { token, .. } = self.state {
+            self.client.abandon::<R>(token);
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! `Engine` and its builder: start shards on their cores, hand out clients,
+//! read metrics, shut down.
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use percore_shards::{Entity, Envelope, Kinds};
+use rtrb::RingBuffer;
+
+use crate::client::Client;
+use crate::config::{Cores, EngineConfig, IdlePolicy};
+use crate::error::Error;
+use crate::metrics::{Metrics, MetricsCell};
+use crate::pin;
+use crate::runtime::{spawn_shard, ShardInit};
+use crate::shared::{ClientEnds, ClientSignals, ClientSlot, Quiescence, Shared};
+use crate::sync::{init_barriers, CachePadded, Doorbell};
+
+/// Most shards one engine runs (client batches track shards in a `u128`).
+pub const MAX_SHARDS: usize = 128;
+
+/// Configures and starts an [`Engine`]. Every setter documents its default and
+/// range; ranges are checked by [`EngineBuilder::build`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct EngineBuilder {
+    config: EngineConfig,
+    kinds: Kinds,
+    duplicate: Option<&'static str>,
+}
+
+impl EngineBuilder {
+    fn new() -> Self {
+        EngineBuilder {
+            config: EngineConfig::default(),
+            kinds: Kinds::new(),
+            duplicate: None,
+        }
+    }
+
+    /// Replaces the whole configuration (for example one read with
+    /// [`EngineConfig::from_toml_file`]). Registered kinds are kept.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Reads the configuration from a TOML file (see [`EngineConfig`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the file cannot be read or parsed.
+    pub fn config_file(self, path: impl AsRef<Path>) -> Result<Self, Error> {
+        Ok(self.config(EngineConfig::from_toml_file(path)?))
+    }
+
+    /// Runs one shard on each of these cores, in this order. Default: every
+    /// core the process may use.
+    pub fn cores(mut self, cores: impl IntoIterator<Item = usize>) -> Self {
+        self.config.cores = Cores::List(cores.into_iter().collect());
+        self
+    }
+
+    /// Runs `n` shards on the first `n` cores the process may use (1 ..= the
+    /// number of cores, or up to 128 with [`EngineBuilder::oversubscribe`]).
+    pub fn shards(mut self, n: usize) -> Self {
+        self.config.cores = Cores::Count(n);
+        self
+    }
+
+    /// Envelopes per ring: a power of two, 2 ..= 1 048 576. Default 1024.
+    pub fn ring_capacity(mut self, capacity: usize) -> Self {
+        self.config.ring_capacity = capacity;
+        self
+    }
+
+    /// What idle shards do. Default: spin 200 µs, then park.
+    pub fn idle(mut self, idle: IdlePolicy) -> Self {
+        self.config.idle = idle;
+        self
+    }
+
+    /// Client handles alive at once, 1 ..= 4096. Default 64.
+    pub fn max_clients(mut self, n: usize) -> Self {
+        self.config.max_clients = n;
+        self
+    }
+
+    /// Envelopes a shard may queue for one destination whose ring is full
+    /// before handler sends fail, 1 ..= 2^24. Default 65 536.
+    pub fn overflow_cap(mut self, n: usize) -> Self {
+        self.config.overflow_cap = n;
+        self
+    }
+
+    /// Longest a client send waits for room in a full ring. Default 1 s.
+    pub fn send_wait(mut self, wait: Duration) -> Self {
+        self.config.send_wait_us_max = wait.as_micros().min(u64::MAX as u128) as u64;
+        self
+    }
+
+    /// How long a client polls for a reply before parking, 0 ..= 1 s.
+    /// Default 50 µs.
+    pub fn client_spin(mut self, spin: Duration) -> Self {
+        self.config.client_spin_us = spin.as_micros().min(u64::MAX as u128) as u64;
+        self
+    }
+
+    /// Allow more shards than cores. Default false.
+    pub fn oversubscribe(mut self, yes: bool) -> Self {
+        self.config.oversubscribe = yes;
+        self
+    }
+
+    /// Registers entity kind `E`. A second kind with the same
+    /// [`Entity::KIND`] makes [`EngineBuilder::build`] fail with
+    /// [`Error::DuplicateKind`].
+    pub fn register<E: Entity>(mut self) -> Self {
+        if self.kinds.register::<E>().is_err() && self.duplicate.is_none() {
+            self.duplicate = Some(E::KIND);
+        }
+        self
+    }
+
+    /// Checks the configuration and the machine, then starts one pinned
+    /// thread per shard and waits until every executor runs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`], [`Error::CoreUnavailable`], [`Error::TooManyShards`],
+    /// [`Error::DuplicateKind`], [`Error::NoKinds`],
+    /// [`Error::IoUringUnavailable`], [`Error::Executor`], [`Error::Io`]: each
+    /// says what to change.
+    pub fn build(self) -> Result<Engine, Error> {
+        if let Some(name) = self.duplicate {
+            return Err(Error::DuplicateKind { name });
+        }
+        if self.kinds.is_empty() {
+            return Err(Error::NoKinds);
+        }
+        self.config.validate()?;
+        let cores = pin::plan_cores(
+            &self.config.cores,
+            &pin::available_cores(),
+            self.config.oversubscribe,
+        )?;
+        if cores.len() > MAX_SHARDS {
+            return Err(Error::Config {
+                field: "cores".into(),
+                problem: format!("{} shards exceed the maximum of {MAX_SHARDS}", cores.len()),
+            });
+        }
+        pin::check_io_uring()?;
+        init_barriers();
+        Engine::start(self.config, cores, self.kinds)
+    }
+}
+
+/// A running engine: one shard per configured core.
+///
+/// Dropping it shuts it down (see [`Engine::shutdown`]); call `shutdown` to
+/// see the errors.
+pub struct Engine {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// A builder with the default configuration and no kinds.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::new()
+    }
+
+    fn start(config: EngineConfig, cores: Vec<usize>, kinds: Kinds) -> Result<Engine, Error> {
+        let n = cores.len();
+        let cap = config.ring_capacity;
+        let io = |context| move |source| Error::Io { context, source };
+
+        // The ring mesh: rings[from][to].
+        let mut producers: Vec<Vec<Option<rtrb::Producer<Envelope>>>> =
+            (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        let mut consumers: Vec<Vec<(usize, rtrb::Consumer<Envelope>)>> =
+            (0..n).map(|_| Vec::new()).collect();
+        for (from, row) in producers.iter_mut().enumerate() {
+            for (to, slot) in row.iter_mut().enumerate() {
+                if from != to {
+                    let (p, c) = RingBuffer::new(cap);
+                    *slot = Some(p);
+                    consumers[to].push((from, c));
+                }
+            }
+        }
+
+        let mut doorbells = Vec::with_capacity(n);
+        let mut bell_reads = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = UnixStream::pair().map_err(io("creating a doorbell socket pair"))?;
+            tx.set_nonblocking(true)
+                .map_err(io("making a doorbell non-blocking"))?;
+            rx.set_nonblocking(true)
+                .map_err(io("making a doorbell non-blocking"))?;
+            doorbells.push(Doorbell::new(tx));
+            bell_reads.push(rx);
+        }
+
+        let max_clients = config.max_clients;
+        let shared = Arc::new(Shared {
+            kinds: Arc::new(kinds),
+            config,
+            cores: cores.clone(),
+            doorbells,
+            metrics: (0..n).map(|_| MetricsCell::default()).collect(),
+            quiescence: (0..n).map(|_| CachePadded(Quiescence::default())).collect(),
+            client_epoch: (0..n).map(|_| CachePadded(AtomicU64::new(0))).collect(),
+            clients: (0..max_clients)
+                .map(|_| ClientSlot {
+                    offers: (0..n).map(|_| Mutex::new(None)).collect(),
+                    signals: Mutex::new(None),
+                    holders: AtomicUsize::new(0),
+                })
+                .collect(),
+            free_slots: Mutex::new((0..max_clients).rev().collect()),
+            stopping: AtomicBool::new(false),
+            sealed: AtomicBool::new(false),
+            terminate: AtomicBool::new(false),
+            terminated: AtomicBool::new(false),
+            epoch: Instant::now(),
+        });
+
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut engine = Engine {
+            shared: shared.clone(),
+            threads: Vec::with_capacity(n),
+        };
+        let inits = producers
+            .into_iter()
+            .zip(consumers)
+            .zip(bell_reads)
+            .enumerate();
+        for (index, ((outbound, inbound), doorbell)) in inits {
+            let init = ShardInit {
+                index,
+                core: cores[index],
+                shared: shared.clone(),
+                inbound,
+                outbound,
+                doorbell,
+            };
+            let thread =
+                spawn_shard(init, ready_tx.clone()).map_err(io("spawning a shard thread"))?;
+            engine.threads.push(thread);
+        }
+        drop(ready_tx);
+        let mut first_error = None;
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(Error::ShardPanicked {
+                        shard: usize::MAX,
+                        message: "a shard thread died while starting".into(),
+                    });
+                }
+            }
+        }
+        match first_error {
+            None => Ok(engine),
+            Some(e) => {
+                // Stop the shards that did start; the error to report is `e`.
+                let _ = engine.stop();
+                Err(e)
+            }
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shared.shard_count()
+    }
+
+    /// The core of each shard, by shard index.
+    pub fn cores(&self) -> &[usize] {
+        &self.shared.cores
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// The shard that owns `key` of kind `E`, or `None` if `E` is not registered.
+    pub fn shard_of<E: Entity>(&self, key: u64) -> Option<usize> {
+        let kind = self.shared.kinds.id_of::<E>()?;
+        Some(self.shared.kinds.home_shard(kind, key, self.shard_count()))
+    }
+
+    /// A new client handle (one per thread that sends).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooManyClients`] when `max_clients` handles are alive;
+    /// [`Error::ShuttingDown`].
+    pub fn client(&self) -> Result<Client, Error> {
+        let shared = &self.shared;
+        if shared.stopping.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let slot = shared
+            .free_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .ok_or(Error::TooManyClients {
+                max: shared.config.max_clients,
+            })?;
+        let n = self.shard_count();
+        let cap = shared.config.ring_capacity;
+        let signals = Arc::new(ClientSignals::default());
+        let mut requests = Vec::with_capacity(n);
+        let mut replies = Vec::with_capacity(n);
+        let entry = &shared.clients[slot];
+        entry.holders.store(n, Ordering::Release);
+        *entry.signals.lock().unwrap_or_else(|e| e.into_inner()) = Some(signals.clone());
+        for offer in &entry.offers {
+            let (req_tx, req_rx) = RingBuffer::new(cap);
+            let (rep_tx, rep_rx) = RingBuffer::new(cap);
+            requests.push(req_tx);
+            replies.push(rep_rx);
+            *offer.lock().unwrap_or_else(|e| e.into_inner()) = Some(ClientEnds {
+                requests: req_rx,
+                replies: rep_tx,
+                signals: signals.clone(),
+            });
+        }
+        shared.bump_client_epochs();
+        Ok(Client::new(
+            shared.clone(),
+            slot,
+            signals,
+            requests,
+            replies,
+        ))
+    }
+
+    /// A snapshot of every shard's counters. Shards publish at least every
+    /// millisecond while busy and whenever they go idle.
+    pub fn metrics(&self) -> Metrics {
+        Metrics {
+            shards: self
+                .shared
+                .metrics
+                .iter()
+                .enumerate()
+                .map(|(i, m)| m.snapshot(i, self.shared.cores[i]))
+                .collect(),
+        }
+    }
+
+    /// Stops taking new messages (clients get `ShuttingDown`), lets the shards
+    /// handle everything already sent — including what handlers send while
+    /// draining — then joins every thread. Timers that have not fired are
+    /// dropped. Returns the final metrics.
+    ///
+    /// A handler that keeps messages circulating forever keeps shutdown
+    /// waiting; shutdown ends when the engine is quiet.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardPanicked`] if a shard thread died outside a handler.
+    pub fn shutdown(mut self) -> Result<Metrics, Error> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<Metrics, Error> {
+        let shared = &self.shared;
+        if self.threads.is_empty() {
+            return Ok(self.metrics());
+        }
+        shared.stopping.store(true, Ordering::SeqCst);
+        shared.seal_clients();
+        shared.sealed.store(true, Ordering::Release);
+        for bell in &shared.doorbells {
+            bell.force();
+        }
+        self.wait_quiescent();
+        shared.terminate.store(true, Ordering::Release);
+        for bell in &shared.doorbells {
+            bell.force();
+        }
+        let mut result = Ok(());
+        for (shard, thread) in self.threads.drain(..).enumerate() {
+            if let Err(panic) = thread.join() {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                if result.is_ok() {
+                    result = Err(Error::ShardPanicked { shard, message });
+                }
+            }
+        }
+        shared.terminated.store(true, Ordering::Release);
+        shared.wake_all_clients();
+        result.map(|()| self.metrics())
+    }
+
+    /// Waits until every shard is idle and every envelope sent between shards
+    /// has been received, seen twice in a row with nothing changed.
+    fn wait_quiescent(&self) {
+        let q = &self.shared.quiescence;
+        let collect = || -> Option<Vec<(u64, u64)>> {
+            q.iter()
+                .map(|c| {
+                    c.idle.load(Ordering::Acquire).then(|| {
+                        (
+                            c.sent.load(Ordering::Relaxed),
+                            c.received.load(Ordering::Relaxed),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let mut nap = Duration::from_micros(20);
+        loop {
+            if let Some(first) = collect() {
+                let sent: u64 = first.iter().map(|c| c.0).sum();
+                let received: u64 = first.iter().map(|c| c.1).sum();
+                if sent == received && collect().as_ref() == Some(&first) {
+                    return;
+                }
+            }
+            if self.threads.iter().any(|t| t.is_finished()) {
+                // A shard died; the others cannot reach quiescence with it.
+                return;
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!("percore engine shut down with an error: {e}");
+        }
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("cores", &self.shared.cores)
+            .field("kinds", &self.shared.kinds)
+            .finish()
+    }
+}

@@ -1,0 +1,174 @@
+//! The engine's errors. Each says what was wrong and what to change.
+
+use std::fmt;
+
+/// Errors of building, running and shutting down an engine.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum Error {
+    /// A configuration field is out of range or malformed.
+    Config {
+        /// The field (`ring_capacity`, `cores`, …).
+        field: String,
+        /// What is wrong and what is accepted.
+        problem: String,
+    },
+    /// A configured core does not exist or the process may not run on it.
+    CoreUnavailable {
+        /// The core asked for.
+        core: usize,
+        /// The cores the process may use (its affinity mask).
+        available: Vec<usize>,
+    },
+    /// More shards were asked for than the process has cores.
+    TooManyShards {
+        /// Shards asked for.
+        requested: usize,
+        /// Cores the process may use.
+        available: usize,
+    },
+    /// io_uring cannot be used by this process.
+    IoUringUnavailable {
+        /// What the kernel said.
+        detail: String,
+        /// How to enable it.
+        hint: &'static str,
+    },
+    /// Two kinds registered under one name.
+    DuplicateKind {
+        /// The name.
+        name: &'static str,
+    },
+    /// No entity kind was registered.
+    NoKinds,
+    /// A shard's executor could not start.
+    Executor {
+        /// The shard.
+        shard: usize,
+        /// Its core.
+        core: usize,
+        /// What failed, and how to fix it when known.
+        detail: String,
+    },
+    /// All `max_clients` client handles are in use.
+    TooManyClients {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The engine is shutting down or has shut down.
+    ShuttingDown,
+    /// A shard thread died of a panic outside any handler (an engine bug).
+    ShardPanicked {
+        /// The shard.
+        shard: usize,
+        /// The panic message.
+        message: String,
+    },
+    /// An operating-system call failed at start.
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config { field, problem } => {
+                write!(f, "invalid configuration `{field}`: {problem}")
+            }
+            Error::CoreUnavailable { core, available } => write!(
+                f,
+                "core {core} is not available to this process (it may use cores {available:?}); \
+                 list only those cores, or widen the affinity mask (taskset, cgroup cpuset)"
+            ),
+            Error::TooManyShards {
+                requested,
+                available,
+            } => write!(
+                f,
+                "{requested} shards requested but the process may use only {available} cores; \
+                 ask for at most {available}, or set `oversubscribe = true` to share cores"
+            ),
+            Error::IoUringUnavailable { detail, hint } => {
+                write!(f, "io_uring is unavailable: {detail}; {hint}")
+            }
+            Error::DuplicateKind { name } => write!(
+                f,
+                "entity kind name {name:?} is registered twice; give every kind its own `KIND`"
+            ),
+            Error::NoKinds => f.write_str(
+                "no entity kind registered; call `.register::<YourEntity>()` on the builder",
+            ),
+            Error::Executor {
+                shard,
+                core,
+                detail,
+            } => write!(f, "shard {shard} could not start on core {core}: {detail}"),
+            Error::TooManyClients { max } => write!(
+                f,
+                "all {max} client handles are in use; drop unused clients or raise `max_clients`"
+            ),
+            Error::ShuttingDown => f.write_str("the engine is shutting down"),
+            Error::ShardPanicked { shard, message } => {
+                write!(f, "shard {shard} panicked outside a handler: {message}")
+            }
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Why a client's tell failed. Hands the message back.
+#[non_exhaustive]
+#[derive(PartialEq, Eq)]
+pub enum TellError<M> {
+    /// The ring to the entity's shard stayed full (at once for `try_tell`,
+    /// for `send_wait_us_max` for `tell`).
+    Full(M),
+    /// The engine is shutting down or has shut down.
+    ShuttingDown(M),
+    /// The kind is not registered with this engine.
+    UnknownKind(M),
+}
+
+impl<M> TellError<M> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> M {
+        match self {
+            TellError::Full(m) | TellError::ShuttingDown(m) | TellError::UnknownKind(m) => m,
+        }
+    }
+}
+
+impl<M> fmt::Debug for TellError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TellError::Full(_) => "Full(..)",
+            TellError::ShuttingDown(_) => "ShuttingDown(..)",
+            TellError::UnknownKind(_) => "UnknownKind(..)",
+        })
+    }
+}
+
+impl<M> fmt::Display for TellError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TellError::Full(_) => "the ring to the entity's shard is full",
+            TellError::ShuttingDown(_) => "the engine is shutting down",
+            TellError::UnknownKind(_) => "the entity kind is not registered with this engine",
+        })
+    }
+}
+
+impl<M> std::error::Error for TellError<M> {}

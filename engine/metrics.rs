@@ -1,0 +1,112 @@
+//! Per-shard metrics: counters the shard publishes with relaxed stores, read
+//! as a snapshot from any thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use percore_shards::Counters;
+
+/// One shard's counters at the moment of a snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardMetrics {
+    /// Shard index.
+    pub shard: usize,
+    /// Core it runs on.
+    pub core: usize,
+    /// Messages handed to handlers.
+    pub handled: u64,
+    /// Messages handlers sent.
+    pub sent: u64,
+    /// Messages that found their ring full and waited in an overflow queue.
+    pub overflowed: u64,
+    /// Entities activated.
+    pub activations: u64,
+    /// Entities deactivated (stopped or panicked).
+    pub deactivations: u64,
+    /// Panics caught.
+    pub panics: u64,
+    /// Publishes that found a ring full.
+    pub ring_full: u64,
+    /// Timer firings.
+    pub timers_fired: u64,
+    /// Nanoseconds spent in passes that handled messages.
+    pub busy_ns: u64,
+    /// Live entities.
+    pub entities: u64,
+    /// Times the shard parked.
+    pub parks: u64,
+}
+
+/// A snapshot of every shard's metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// One entry per shard, by index.
+    pub shards: Vec<ShardMetrics>,
+}
+
+impl Metrics {
+    /// The sum over all shards (`shard` and `core` are 0).
+    pub fn total(&self) -> ShardMetrics {
+        let mut t = ShardMetrics::default();
+        for s in &self.shards {
+            t.handled += s.handled;
+            t.sent += s.sent;
+            t.overflowed += s.overflowed;
+            t.activations += s.activations;
+            t.deactivations += s.deactivations;
+            t.panics += s.panics;
+            t.ring_full += s.ring_full;
+            t.timers_fired += s.timers_fired;
+            t.busy_ns += s.busy_ns;
+            t.entities += s.entities;
+            t.parks += s.parks;
+        }
+        t
+    }
+}
+
+/// Where a shard publishes its counters.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct MetricsCell {
+    fields: [AtomicU64; 11],
+}
+
+impl MetricsCell {
+    pub(crate) fn publish(&self, c: &Counters, entities: usize, parks: u64) {
+        let values = [
+            c.handled,
+            c.sent,
+            c.overflowed,
+            c.activations,
+            c.deactivations,
+            c.panics,
+            c.ring_full,
+            c.timers_fired,
+            c.busy_ns,
+            entities as u64,
+            parks,
+        ];
+        for (cell, v) in self.fields.iter().zip(values) {
+            cell.store(v, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn snapshot(&self, shard: usize, core: usize) -> ShardMetrics {
+        let f = |i: usize| self.fields[i].load(Ordering::Relaxed);
+        ShardMetrics {
+            shard,
+            core,
+            handled: f(0),
+            sent: f(1),
+            overflowed: f(2),
+            activations: f(3),
+            deactivations: f(4),
+            panics: f(5),
+            ring_full: f(6),
+            timers_fired: f(7),
+            busy_ns: f(8),
+            entities: f(9),
+            parks: f(10),
+        }
+    }
+}

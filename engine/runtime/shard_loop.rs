@@ -1,0 +1,385 @@
+//! The shard loop itself.
+
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use futures_lite::AsyncReadExt;
+use glommio::{LocalExecutorBuilder, Placement};
+use percore_shards::{Destination, Envelope, Shard, ShardSpec};
+use rtrb::{Consumer, Producer};
+
+use super::{LOCAL_BATCH, METRICS_INTERVAL_NS, RING_DRAIN_BATCH, TIMER_BATCH};
+use crate::config::IdlePolicy;
+use crate::error::Error;
+use crate::shared::{ClientEnds, Shared};
+
+/// Everything a shard thread starts with.
+pub(crate) struct ShardInit {
+    pub(crate) index: usize,
+    pub(crate) core: usize,
+    pub(crate) shared: Arc<Shared>,
+    /// `(from shard, ring)` for every other shard.
+    pub(crate) inbound: Vec<(usize, Consumer<Envelope>)>,
+    /// Ring to every other shard; `None` at this shard's own index.
+    pub(crate) outbound: Vec<Option<Producer<Envelope>>>,
+    /// Read end of the doorbell.
+    pub(crate) doorbell: UnixStream,
+}
+
+/// Starts shard `init.index` on its own thread. Reports on `ready` whether its
+/// executor started.
+pub(crate) fn spawn_shard(
+    init: ShardInit,
+    ready: mpsc::Sender<Result<(), Error>>,
+) -> std::io::Result<JoinHandle<()>> {
+    let name = format!("percore-shard-{}", init.index);
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let (index, core) = (init.index, init.core);
+            let executor = LocalExecutorBuilder::new(Placement::Fixed(core))
+                .name(&name)
+                // The shard does no glommio storage I/O (the log has its own ring),
+                // so the registered buffer stays at glommio's minimum.
+                .io_memory(64 << 10)
+                .ring_depth(64)
+                // Lets user tasks on the shard run at least every millisecond while
+                // the loop is busy.
+                .preempt_timer(Duration::from_millis(1))
+                .make();
+            let executor = match executor {
+                Ok(ex) => ex,
+                Err(e) => {
+                    let _ = ready.send(Err(executor_error(index, core, e)));
+                    return;
+                }
+            };
+            executor.run(async move {
+                let fd = init.doorbell.into_raw_fd();
+                // SAFETY: `fd` was just released by a std `UnixStream` we owned, so it is
+                // an open, connected Unix stream socket that nothing else will close.
+                let doorbell = unsafe { glommio::net::UnixStream::from_raw_fd(fd) };
+                let mut shard_loop =
+                    ShardLoop::new(init.index, init.shared, init.inbound, init.outbound);
+                let _ = ready.send(Ok(()));
+                shard_loop.run(doorbell).await;
+            });
+        })
+}
+
+fn executor_error(shard: usize, core: usize, e: glommio::GlommioError<()>) -> Error {
+    let text = e.to_string();
+    let detail = if text.contains("memlock") || text.contains("MemLock") {
+        format!(
+            "{text}; raise the locked-memory limit to at least 512 KiB \
+             (`ulimit -l`, or `memlock` in /etc/security/limits.conf)"
+        )
+    } else {
+        text
+    };
+    Error::Executor {
+        shard,
+        core,
+        detail,
+    }
+}
+
+struct ShardLoop {
+    index: usize,
+    shared: Arc<Shared>,
+    shard: Shard,
+    inbound: Vec<(usize, Consumer<Envelope>)>,
+    outbound: Vec<Option<Producer<Envelope>>>,
+    /// Clients by slot; `active` lists the occupied slots.
+    clients: Vec<Option<ClientEnds>>,
+    active: Vec<usize>,
+    client_epoch: u64,
+    /// Envelopes pushed to / popped from other shards' rings (quiescence).
+    sent: u64,
+    received: u64,
+    marked_idle: bool,
+    parks: u64,
+    metrics_at_ns: u64,
+}
+
+impl ShardLoop {
+    fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        inbound: Vec<(usize, Consumer<Envelope>)>,
+        outbound: Vec<Option<Producer<Envelope>>>,
+    ) -> Self {
+        let spec = ShardSpec {
+            shard: index,
+            shard_count: shared.shard_count(),
+            client_slots: shared.config.max_clients,
+            overflow_cap: shared.config.overflow_cap,
+        };
+        let shard = Shard::new(spec, shared.kinds.clone());
+        let clients = (0..shared.config.max_clients).map(|_| None).collect();
+        ShardLoop {
+            index,
+            shared,
+            shard,
+            inbound,
+            outbound,
+            clients,
+            active: Vec::new(),
+            client_epoch: u64::MAX,
+            sent: 0,
+            received: 0,
+            marked_idle: false,
+            parks: 0,
+            metrics_at_ns: 0,
+        }
+    }
+
+    async fn run(&mut self, mut doorbell: glommio::net::UnixStream) {
+        let idle = self.shared.config.idle;
+        let mut idle_since_ns: Option<u64> = None;
+        loop {
+            let start_ns = self.shared.now_ns();
+            self.shard.set_now(start_ns);
+            let stopping = self.shared.stopping.load(Ordering::Acquire);
+            let sealed = self.shared.sealed.load(Ordering::Acquire);
+
+            let work = self.pass(stopping);
+            if work > 0 {
+                if self.marked_idle {
+                    self.shared.quiescence[self.index]
+                        .idle
+                        .store(false, Ordering::Release);
+                    self.marked_idle = false;
+                }
+                let end_ns = self.shared.now_ns();
+                self.shard.counters_mut().busy_ns += end_ns - start_ns;
+                if end_ns - self.metrics_at_ns >= METRICS_INTERVAL_NS {
+                    self.publish_metrics(end_ns);
+                }
+                idle_since_ns = None;
+                glommio::yield_if_needed().await;
+                continue;
+            }
+
+            // Nothing to do this pass.
+            self.publish_metrics(start_ns);
+            let quiet = self.quiet();
+            if quiet && sealed {
+                self.publish_quiescence();
+                if self.shared.terminate.load(Ordering::Acquire) {
+                    return;
+                }
+            }
+            match idle {
+                IdlePolicy::Poll => {
+                    glommio::executor().yield_task_queue_now().await;
+                    continue;
+                }
+                IdlePolicy::SpinThenPark { spin_us } => {
+                    let since = *idle_since_ns.get_or_insert(start_ns);
+                    if start_ns - since < spin_us * 1000 && !stopping {
+                        std::hint::spin_loop();
+                        glommio::yield_if_needed().await;
+                        continue;
+                    }
+                }
+                IdlePolicy::Park => {}
+            }
+            self.park(&mut doorbell, stopping).await;
+            idle_since_ns = None;
+        }
+    }
+
+    /// One pass over every source of work. Returns how many things it did.
+    fn pass(&mut self, stopping: bool) -> usize {
+        let mut work = 0;
+        let epoch = self.shared.client_epoch[self.index].load(Ordering::Acquire);
+        if epoch != self.client_epoch {
+            self.client_epoch = epoch;
+            work += self.sync_clients();
+        }
+        for (_, ring) in &mut self.inbound {
+            let n = ring.slots().min(RING_DRAIN_BATCH);
+            if n > 0 {
+                let chunk = ring.read_chunk(n).expect("slots() said so");
+                for env in chunk {
+                    self.shard.deliver(env);
+                }
+                self.received += n as u64;
+                work += n;
+            }
+        }
+        for &slot in &self.active {
+            let ends = self.clients[slot].as_mut().expect("active slot");
+            let n = ends.requests.slots().min(RING_DRAIN_BATCH);
+            if n > 0 {
+                let chunk = ends.requests.read_chunk(n).expect("slots() said so");
+                for env in chunk {
+                    self.shard.deliver(env);
+                }
+                work += n;
+            }
+        }
+        if !stopping {
+            work += self.shard.fire_timers(TIMER_BATCH);
+        }
+        work += self.shard.run_local(LOCAL_BATCH);
+        self.flush();
+        work
+    }
+
+    /// Publishes every outbox: one chunk per destination, then a doorbell.
+    fn flush(&mut self) {
+        for (dest, ring) in self.outbound.iter_mut().enumerate() {
+            let Some(ring) = ring else { continue };
+            let (out, counters) = self.shard.outbox_and_counters(Destination::Shard(dest));
+            if out.is_empty() {
+                continue;
+            }
+            let n = ring.slots().min(out.len());
+            if n > 0 {
+                let chunk = ring.write_chunk_uninit(n).expect("slots() said so");
+                let pushed = chunk.fill_from_iter(out.drain(n));
+                debug_assert_eq!(pushed, n);
+                self.sent += n as u64;
+                self.shared.doorbells[dest].notify();
+            }
+            if !out.is_empty() {
+                out.note_ring_full(counters);
+            }
+        }
+        for &slot in &self.active {
+            let (out, counters) = self.shard.outbox_and_counters(Destination::Client(slot));
+            if out.is_empty() {
+                continue;
+            }
+            let ends = self.clients[slot].as_mut().expect("active slot");
+            let n = ends.replies.slots().min(out.len());
+            if n > 0 {
+                let chunk = ends.replies.write_chunk_uninit(n).expect("slots() said so");
+                chunk.fill_from_iter(out.drain(n));
+                ends.signals.parker.notify();
+            }
+            if !out.is_empty() {
+                out.note_ring_full(counters);
+            }
+        }
+    }
+
+    /// Takes the ends of newly registered clients; drains and releases the
+    /// ends of closed ones. Returns the number of envelopes drained.
+    fn sync_clients(&mut self) -> usize {
+        for slot in 0..self.clients.len() {
+            let offer = self.shared.clients[slot].offers[self.index]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(ends) = offer {
+                debug_assert!(self.clients[slot].is_none());
+                self.clients[slot] = Some(ends);
+                self.active.push(slot);
+            }
+        }
+        let mut drained = 0;
+        let mut i = 0;
+        while i < self.active.len() {
+            let slot = self.active[i];
+            let ends = self.clients[slot].as_mut().expect("active slot");
+            if !ends.signals.closed.load(Ordering::Acquire) {
+                i += 1;
+                continue;
+            }
+            // The client pushed its last envelope before it set `closed`: handle
+            // everything it sent, then let the slot go. Replies have no reader.
+            while let Ok(env) = ends.requests.pop() {
+                self.shard.deliver(env);
+                drained += 1;
+            }
+            self.shard.outbox_to_client(slot).clear();
+            self.clients[slot] = None;
+            self.active.swap_remove(i);
+            self.shared.release_client_slot(slot);
+        }
+        drained
+    }
+
+    /// Whether this shard holds no work: inbound rings empty, local queue
+    /// empty, nothing waiting for another shard. (Replies waiting for a client
+    /// that does not read do not hold up shutdown.)
+    fn quiet(&mut self) -> bool {
+        self.shard.local_len() == 0
+            && self.inbound.iter().all(|(_, r)| r.is_empty())
+            && self.active.iter().all(|&slot| {
+                self.clients[slot]
+                    .as_ref()
+                    .is_some_and(|c| c.requests.is_empty())
+            })
+            && (0..self.outbound.len()).all(|d| self.shard.outbox_to_shard(d).is_empty())
+    }
+
+    fn publish_quiescence(&mut self) {
+        let q = &self.shared.quiescence[self.index];
+        q.sent.store(self.sent, Ordering::Relaxed);
+        q.received.store(self.received, Ordering::Relaxed);
+        q.idle.store(true, Ordering::Release);
+        self.marked_idle = true;
+    }
+
+    fn publish_metrics(&mut self, now_ns: u64) {
+        self.metrics_at_ns = now_ns;
+        self.shared.metrics[self.index].publish(
+            self.shard.counters(),
+            self.shard.entity_count(),
+            self.parks,
+        );
+    }
+
+    /// Parks until a doorbell, a due timer, or (while stopping) a short nap.
+    async fn park(&mut self, doorbell: &mut glommio::net::UnixStream, stopping: bool) {
+        let shared = self.shared.clone();
+        let bell = &shared.doorbells[self.index];
+        bell.prepare_sleep();
+        // Re-check every source after announcing sleep (see crate::sync).
+        let epoch = self.shared.client_epoch[self.index].load(Ordering::Acquire);
+        if !self.quiet()
+            || epoch != self.client_epoch
+            || self.shared.terminate.load(Ordering::Acquire)
+        {
+            bell.cancel_sleep();
+            return;
+        }
+        let timeout = if stopping {
+            None
+        } else {
+            self.shard
+                .next_deadline_ns()
+                .map(|d| Duration::from_nanos(d.saturating_sub(self.shared.now_ns())))
+        };
+        if timeout == Some(Duration::ZERO) {
+            bell.cancel_sleep();
+            return;
+        }
+        self.parks += 1;
+        let mut buf = [0u8; 64];
+        match timeout {
+            None => {
+                let _ = doorbell.read(&mut buf).await;
+            }
+            Some(t) => {
+                let ring = async {
+                    let _ = doorbell.read(&mut buf).await;
+                };
+                let timer = glommio::timer::sleep(t);
+                futures_lite::future::or(ring, timer).await;
+            }
+        }
+        // Doorbell bytes carry no information: one read takes up to 64 of them,
+        // and a leftover byte only costs one spurious pass.
+        bell.cancel_sleep();
+    }
+}

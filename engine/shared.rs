@@ -1,0 +1,140 @@
+//! State shared by the engine handle, its shard threads and its clients.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use percore_shards::{Envelope, Kinds};
+use rtrb::{Consumer, Producer};
+
+use crate::config::EngineConfig;
+use crate::metrics::MetricsCell;
+use crate::sync::{CachePadded, Doorbell, Parker};
+
+/// What a client shares with the shards: its parker and its state flags.
+#[derive(Default)]
+pub(crate) struct ClientSignals {
+    /// Shards wake the client through this when they publish replies.
+    pub(crate) parker: Parker,
+    /// Set by the client, with a light barrier, while it checks `stopping` and
+    /// pushes; shutdown waits for it to clear (see `Shared::seal_clients`).
+    pub(crate) busy: CachePadded<AtomicBool>,
+    /// Set when the client handle is dropped; its shards then drain what it
+    /// sent and release the slot.
+    pub(crate) closed: AtomicBool,
+}
+
+/// The shard's ends of one client's rings.
+pub(crate) struct ClientEnds {
+    pub(crate) requests: Consumer<Envelope>,
+    pub(crate) replies: Producer<Envelope>,
+    pub(crate) signals: Arc<ClientSignals>,
+}
+
+/// One client slot: the ends offered to each shard, and how many shards still
+/// hold ends of the current occupant.
+pub(crate) struct ClientSlot {
+    pub(crate) offers: Vec<Mutex<Option<ClientEnds>>>,
+    pub(crate) signals: Mutex<Option<Arc<ClientSignals>>>,
+    pub(crate) holders: AtomicUsize,
+}
+
+/// Per-shard facts the shutdown coordinator reads to detect quiescence
+/// (Mattern's four-counter method: two identical collections of all shards'
+/// counters, everyone idle, every sent envelope received).
+#[derive(Default)]
+pub(crate) struct Quiescence {
+    pub(crate) idle: AtomicBool,
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) kinds: Arc<Kinds>,
+    pub(crate) config: EngineConfig,
+    pub(crate) cores: Vec<usize>,
+    pub(crate) doorbells: Vec<Doorbell>,
+    pub(crate) metrics: Vec<MetricsCell>,
+    pub(crate) quiescence: Vec<CachePadded<Quiescence>>,
+    /// Bumped (per shard) when a client registers or closes.
+    pub(crate) client_epoch: Vec<CachePadded<AtomicU64>>,
+    pub(crate) clients: Vec<ClientSlot>,
+    pub(crate) free_slots: Mutex<Vec<usize>>,
+    /// Clients refuse new work once this is set.
+    pub(crate) stopping: AtomicBool,
+    /// Set once `seal_clients` has returned: from then on no client pushes,
+    /// so a shard that saw this and found its rings empty may report idle.
+    pub(crate) sealed: AtomicBool,
+    /// Shards exit at their next idle moment once this is set.
+    pub(crate) terminate: AtomicBool,
+    /// Set after every shard thread has exited.
+    pub(crate) terminated: AtomicBool,
+    pub(crate) epoch: Instant,
+}
+
+impl Shared {
+    pub(crate) fn shard_count(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// Nanoseconds since the engine started.
+    #[inline]
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    pub(crate) fn bump_client_epochs(&self) {
+        for (epoch, bell) in self.client_epoch.iter().zip(&self.doorbells) {
+            epoch.fetch_add(1, Ordering::Release);
+            bell.force();
+        }
+    }
+
+    /// Called by a shard when it has drained and dropped its ends of a closed
+    /// client: the last shard to do so frees the slot.
+    pub(crate) fn release_client_slot(&self, slot: usize) {
+        if self.clients[slot].holders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.clients[slot]
+                .signals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+            self.free_slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(slot);
+        }
+    }
+
+    /// After `stopping` is set: waits until no client is between its check of
+    /// `stopping` and its push, so every client message is either refused or
+    /// already in a ring.
+    pub(crate) fn seal_clients(&self) {
+        crate::sync::heavy_barrier();
+        for slot in &self.clients {
+            let signals = slot
+                .signals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(s) = signals {
+                while s.busy.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Wakes every client that may be parked waiting for a reply.
+    pub(crate) fn wake_all_clients(&self) {
+        for slot in &self.clients {
+            let signals = slot
+                .signals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(s) = signals {
+                s.parker.wake();
+            }
+        }
+    }
+}

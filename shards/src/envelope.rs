@@ -1,0 +1,206 @@
+//! The envelope: what travels on every ring, 64 bytes, one cache line.
+//!
+//! A message of any type travels type-erased: small messages (up to
+//! [`INLINE_BYTES`], alignment up to 8) are copied into the envelope itself, so
+//! the hot path allocates nothing; larger ones are boxed and the box pointer
+//! travels. The receiving side knows the type from the envelope's kind (and
+//! operation), so it reads the value back with the same rule.
+
+use std::mem::{align_of, size_of, MaybeUninit};
+
+use crate::entity::KindId;
+use crate::error::AskError;
+
+/// Bytes of message payload stored inline in an envelope.
+pub const INLINE_BYTES: usize = 40;
+const INLINE_WORDS: usize = INLINE_BYTES / 8;
+
+/// What an envelope asks of its receiver.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Deliver the message; drop the reply.
+    Tell = 0,
+    /// Deliver the message; send the reply to the client named by `sender`,
+    /// tagged with `token`.
+    AskClient = 1,
+    /// Deliver the message; send the reply to shard `sender`, where `token`
+    /// names the waiting continuation.
+    AskEntity = 2,
+    /// A reply (or, with a non-zero status, an error) travelling back to the
+    /// shard that holds continuation `token`.
+    ReplyEntity = 3,
+    /// A reply (or error) travelling to the client that asked; `token` is its
+    /// request id.
+    ReplyClient = 4,
+}
+
+/// Identifies who sent an envelope: a shard index, or a client slot with the
+/// top bit set.
+pub type SenderId = u32;
+/// The bit that marks a [`SenderId`] as a client.
+pub const CLIENT_BIT: SenderId = 1 << 31;
+
+/// One message in flight. Exactly one cache line.
+///
+/// An envelope owns its payload but does not know its type, so dropping one
+/// without [`Envelope::take`] leaks a boxed payload (never undefined behaviour).
+/// The runtime consumes every envelope it accepts; leaks are confined to
+/// shutdown paths that discard undeliverable messages.
+#[repr(C, align(64))]
+pub struct Envelope {
+    /// The entity's key.
+    pub key: u64,
+    /// Request id (client asks) or continuation slot (entity asks).
+    pub token: u64,
+    /// Who sent it; see [`SenderId`].
+    pub sender: SenderId,
+    /// Which kind the entity is (for replies: the kind that answered).
+    pub kind: KindId,
+    /// What to do with it.
+    pub op: Op,
+    /// 0 for a message or successful reply; otherwise an [`AskError`] code, and
+    /// the envelope has no payload.
+    pub status: u8,
+    payload: MaybeUninit<[u64; INLINE_WORDS]>,
+}
+
+const _: () = assert!(size_of::<Envelope>() == 64);
+
+// SAFETY: an envelope's payload is only ever written by `Envelope::new::<M>` with
+// `M: Send`, so moving the envelope to another thread moves a `Send` value.
+unsafe impl Send for Envelope {}
+
+/// Whether values of `M` travel inside the envelope (true) or boxed (false).
+#[inline(always)]
+pub const fn is_inline<M>() -> bool {
+    size_of::<M>() <= INLINE_BYTES && align_of::<M>() <= 8
+}
+
+impl Envelope {
+    /// Wraps `msg` for entity `key` of `kind`.
+    #[inline]
+    pub fn new<M: Send + 'static>(kind: KindId, key: u64, op: Op, msg: M) -> Self {
+        let mut env = Self::empty(kind, key, op, 0);
+        if is_inline::<M>() {
+            // SAFETY: `M` fits in the payload (checked above) and the payload is
+            // 8-aligned because the envelope is 64-aligned and the payload sits at
+            // offset 24; `M`'s alignment is at most 8.
+            unsafe { env.payload.as_mut_ptr().cast::<M>().write(msg) };
+        } else {
+            let ptr = Box::into_raw(Box::new(msg));
+            // SAFETY: a pointer is 8 bytes and the payload is 8-aligned.
+            unsafe { env.payload.as_mut_ptr().cast::<*mut M>().write(ptr) };
+        }
+        env
+    }
+
+    /// An envelope with no payload (errors, control messages).
+    #[inline]
+    pub fn empty(kind: KindId, key: u64, op: Op, status: u8) -> Self {
+        Envelope {
+            key,
+            token: 0,
+            sender: 0,
+            kind,
+            op,
+            status,
+            payload: MaybeUninit::uninit(),
+        }
+    }
+
+    /// An error reply: no payload, `status` set from `err`.
+    #[inline]
+    pub fn error(kind: KindId, key: u64, op: Op, err: AskError) -> Self {
+        Self::empty(kind, key, op, err.code())
+    }
+
+    /// Sets the token and sender (builder style).
+    #[inline]
+    pub fn with_route(mut self, sender: SenderId, token: u64) -> Self {
+        self.sender = sender;
+        self.token = token;
+        self
+    }
+
+    /// The error this envelope carries instead of a payload, if any.
+    #[inline]
+    pub fn error_status(&self) -> Option<AskError> {
+        AskError::from_code(self.status)
+    }
+
+    /// Takes the payload out.
+    ///
+    /// # Safety
+    ///
+    /// The envelope must have been made by [`Envelope::new::<M>`] with this very
+    /// `M` (not [`Envelope::empty`] or [`Envelope::error`]).
+    #[inline]
+    pub unsafe fn take<M>(self) -> M {
+        debug_assert_eq!(self.status, 0, "taking the payload of an error envelope");
+        if is_inline::<M>() {
+            // SAFETY: the caller guarantees `new::<M>` wrote an `M` inline here.
+            unsafe { self.payload.as_ptr().cast::<M>().read() }
+        } else {
+            // SAFETY: the caller guarantees `new::<M>` stored a `Box<M>` pointer here.
+            unsafe { *Box::from_raw(self.payload.as_ptr().cast::<*mut M>().read()) }
+        }
+    }
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelope")
+            .field("kind", &self.kind)
+            .field("key", &self.key)
+            .field("op", &self.op)
+            .field("sender", &self.sender)
+            .field("token", &self.token)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_values_round_trip_inline() {
+        assert!(is_inline::<(u64, u64, u32)>());
+        let env = Envelope::new(3, 7, Op::Tell, (1u64, 2u64, 3u32));
+        assert_eq!((env.kind, env.key, env.op), (3, 7, Op::Tell));
+        // SAFETY: made with this type just above.
+        assert_eq!(unsafe { env.take::<(u64, u64, u32)>() }, (1, 2, 3));
+    }
+
+    #[test]
+    fn large_and_owning_values_round_trip_boxed() {
+        assert!(!is_inline::<[u64; 6]>());
+        let env = Envelope::new(0, 0, Op::Tell, [9u64; 6]);
+        // SAFETY: made with this type just above.
+        assert_eq!(unsafe { env.take::<[u64; 6]>() }, [9; 6]);
+        let env = Envelope::new(0, 0, Op::Tell, String::from("hello"));
+        // SAFETY: made with this type just above.
+        assert_eq!(unsafe { env.take::<String>() }, "hello");
+    }
+
+    #[test]
+    fn over_aligned_values_are_boxed() {
+        #[repr(align(16))]
+        #[derive(Debug, PartialEq)]
+        struct A(u8);
+        assert!(!is_inline::<A>());
+        let env = Envelope::new(0, 0, Op::Tell, A(5));
+        // SAFETY: made with this type just above.
+        assert_eq!(unsafe { env.take::<A>() }, A(5));
+    }
+
+    #[test]
+    fn error_envelopes_carry_their_code() {
+        let env = Envelope::error(1, 2, Op::ReplyClient, AskError::Panicked);
+        assert_eq!(env.error_status(), Some(AskError::Panicked));
+        let ok = Envelope::new(1, 2, Op::ReplyClient, 5u8);
+        assert_eq!(ok.error_status(), None);
+    }
+}

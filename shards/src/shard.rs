@@ -1,0 +1,449 @@
+//! One shard's single-threaded world: its entity tables and the services their
+//! handlers use (outgoing queues, continuations, timers, counters).
+//!
+//! The runtime drives a shard: it hands in envelopes from the rings
+//! ([`Shard::deliver`]), the time ([`Shard::set_now`]), runs the local queue and
+//! due timers, and takes back what the shard wants sent from the outboxes
+//! ([`Shard::outbox_to_shard`], [`Shard::outbox_to_client`]). Nothing here blocks,
+//! spawns or reads a clock.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::dispatch::ErasedTable;
+use crate::entity::KindId;
+use crate::envelope::{Envelope, Op, SenderId, CLIENT_BIT};
+use crate::error::AskError;
+use crate::kinds::Kinds;
+use crate::timers::Timers;
+
+/// Counters of one shard. Monotonic; the runtime publishes snapshots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Messages handed to a handler.
+    pub handled: u64,
+    /// Messages handlers sent (to any entity, on this shard or another).
+    pub sent: u64,
+    /// Messages that found their ring full and waited in an overflow queue.
+    pub overflowed: u64,
+    /// Entities activated.
+    pub activations: u64,
+    /// Entities deactivated (stopped themselves or panicked).
+    pub deactivations: u64,
+    /// Panics caught (handlers, activations, continuations, drops).
+    pub panics: u64,
+    /// Flushes that found a ring full.
+    pub ring_full: u64,
+    /// Timer firings.
+    pub timers_fired: u64,
+    /// Nanoseconds spent handling messages (measured by the runtime per pass).
+    pub busy_ns: u64,
+}
+
+/// Where a shard sends: to another shard, or to a client handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// Shard index.
+    Shard(usize),
+    /// Client slot.
+    Client(usize),
+}
+
+/// Messages waiting to be published to one destination, in send order.
+///
+/// Everything a pass produces for a destination is staged here and published
+/// in one batch; what does not fit in the ring stays, in order, and goes first
+/// next time (the overflow queue).
+#[derive(Default)]
+pub struct Outbox {
+    queue: VecDeque<Envelope>,
+    /// How many envelopes at the front were already counted as overflowed.
+    counted: usize,
+}
+
+impl Outbox {
+    /// Number of envelopes waiting.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether nothing waits.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Takes up to `n` envelopes from the front, for publishing.
+    #[inline]
+    pub fn drain(&mut self, n: usize) -> std::collections::vec_deque::Drain<'_, Envelope> {
+        let n = n.min(self.queue.len());
+        self.counted = self.counted.saturating_sub(n);
+        self.queue.drain(..n)
+    }
+
+    /// After a publish that left envelopes behind (the ring was full): counts
+    /// the newly overflowed ones and the ring-full event.
+    pub fn note_ring_full(&mut self, counters: &mut Counters) {
+        counters.ring_full += 1;
+        counters.overflowed += (self.queue.len() - self.counted) as u64;
+        self.counted = self.queue.len();
+    }
+
+    /// Drops everything waiting (a client that went away). Returns how many.
+    pub fn clear(&mut self) -> usize {
+        let n = self.queue.len();
+        self.queue.clear();
+        self.counted = 0;
+        n
+    }
+
+    #[inline]
+    fn push(&mut self, env: Envelope) {
+        self.queue.push_back(env);
+    }
+}
+
+/// A continuation: what to do with the reply to an entity's ask.
+pub(crate) struct Continuation {
+    pub(crate) kind: KindId,
+    pub(crate) key: u64,
+    #[allow(clippy::type_complexity)]
+    pub(crate) call: Box<dyn FnOnce(Result<Envelope, AskError>, KindId, u64) -> Envelope>,
+}
+
+/// Sizes and identity of one shard.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardSpec {
+    /// This shard's index.
+    pub shard: usize,
+    /// Number of shards in the engine.
+    pub shard_count: usize,
+    /// Client slots (the engine's `max_clients`).
+    pub client_slots: usize,
+    /// Most envelopes a handler may leave waiting for one destination
+    /// (including this shard's own local queue) before its sends fail.
+    pub overflow_cap: usize,
+}
+
+/// What handlers may use besides their own entity: everything of the shard
+/// except the entity tables.
+pub struct Services {
+    pub(crate) spec: ShardSpec,
+    pub(crate) kinds: Arc<Kinds>,
+    /// Messages to entities of this shard, handled after the current one.
+    pub(crate) local: VecDeque<Envelope>,
+    pub(crate) to_shards: Vec<Outbox>,
+    pub(crate) to_clients: Vec<Outbox>,
+    /// Continuations of this shard's entities' asks; `None` marks a free slot.
+    pub(crate) pending: Vec<Option<Continuation>>,
+    pub(crate) pending_free: Vec<u32>,
+    pub(crate) timers: Timers,
+    pub(crate) now_ns: u64,
+    pub(crate) counters: Counters,
+}
+
+impl Services {
+    /// Queues a handler's message by its destination. Fails, handing the
+    /// envelope back, when that destination has `overflow_cap` waiting.
+    #[inline]
+    pub(crate) fn send(&mut self, env: Envelope) -> Result<(), Envelope> {
+        let dest = self
+            .kinds
+            .home_shard(env.kind, env.key, self.spec.shard_count);
+        let cap = self.spec.overflow_cap;
+        if dest == self.spec.shard {
+            if self.local.len() >= cap {
+                return Err(env);
+            }
+            self.local.push_back(env);
+        } else {
+            let out = &mut self.to_shards[dest];
+            if out.len() >= cap {
+                return Err(env);
+            }
+            out.push(env);
+        }
+        self.counters.sent += 1;
+        Ok(())
+    }
+
+    /// Routes a handler's reply to whoever asked. Replies are never capped: an
+    /// ask gets exactly one answer.
+    #[inline]
+    pub(crate) fn answer<R: Send + 'static>(
+        &mut self,
+        op: Op,
+        sender: SenderId,
+        token: u64,
+        kind: KindId,
+        key: u64,
+        reply: R,
+    ) {
+        match op {
+            Op::Tell => drop(reply),
+            Op::AskClient => {
+                let env = Envelope::new(kind, key, Op::ReplyClient, reply);
+                self.to_client(sender, env.with_route(sender, token));
+            }
+            Op::AskEntity => {
+                let env = Envelope::new(kind, key, Op::ReplyEntity, reply);
+                self.to_origin(sender, env.with_route(sender, token));
+            }
+            Op::ReplyEntity | Op::ReplyClient => {
+                unreachable!("replies are not handled by entities")
+            }
+        }
+    }
+
+    /// Routes an error in place of a reply (nothing for a tell).
+    pub(crate) fn fail(
+        &mut self,
+        op: Op,
+        sender: SenderId,
+        token: u64,
+        kind: KindId,
+        key: u64,
+        err: AskError,
+    ) {
+        match op {
+            Op::Tell => {}
+            Op::AskClient => {
+                let env = Envelope::error(kind, key, Op::ReplyClient, err);
+                self.to_client(sender, env.with_route(sender, token));
+            }
+            Op::AskEntity => {
+                let env = Envelope::error(kind, key, Op::ReplyEntity, err);
+                self.to_origin(sender, env.with_route(sender, token));
+            }
+            Op::ReplyEntity | Op::ReplyClient => {
+                unreachable!("replies are not handled by entities")
+            }
+        }
+    }
+
+    #[inline]
+    fn to_client(&mut self, sender: SenderId, env: Envelope) {
+        debug_assert!(sender & CLIENT_BIT != 0);
+        let slot = (sender & !CLIENT_BIT) as usize;
+        self.to_clients[slot].push(env);
+    }
+
+    #[inline]
+    fn to_origin(&mut self, shard: SenderId, env: Envelope) {
+        let shard = shard as usize;
+        if shard == self.spec.shard {
+            self.local.push_back(env);
+        } else {
+            self.to_shards[shard].push(env);
+        }
+    }
+
+    pub(crate) fn park_continuation(&mut self, c: Continuation) -> u64 {
+        match self.pending_free.pop() {
+            Some(slot) => {
+                debug_assert!(self.pending[slot as usize].is_none());
+                self.pending[slot as usize] = Some(c);
+                slot as u64
+            }
+            None => {
+                self.pending.push(Some(c));
+                (self.pending.len() - 1) as u64
+            }
+        }
+    }
+}
+
+/// One shard: entity tables plus services. Single-threaded; see the module docs.
+pub struct Shard {
+    tables: Vec<Box<dyn ErasedTable>>,
+    svc: Services,
+}
+
+impl Shard {
+    /// A shard with an empty table for every kind in `kinds`.
+    ///
+    /// # Panics
+    ///
+    /// If `spec.shard >= spec.shard_count` or `spec.overflow_cap == 0`.
+    pub fn new(spec: ShardSpec, kinds: Arc<Kinds>) -> Self {
+        assert!(spec.shard < spec.shard_count, "shard index out of range");
+        assert!(spec.overflow_cap > 0, "overflow_cap must be at least 1");
+        let tables = kinds.make_tables();
+        Shard {
+            tables,
+            svc: Services {
+                spec,
+                kinds,
+                local: VecDeque::new(),
+                to_shards: (0..spec.shard_count).map(|_| Outbox::default()).collect(),
+                to_clients: (0..spec.client_slots).map(|_| Outbox::default()).collect(),
+                pending: Vec::new(),
+                pending_free: Vec::new(),
+                timers: Timers::new(),
+                now_ns: 0,
+                counters: Counters::default(),
+            },
+        }
+    }
+
+    /// This shard's index.
+    pub fn index(&self) -> usize {
+        self.svc.spec.shard
+    }
+
+    /// The registry this shard was built with.
+    pub fn kinds(&self) -> &Arc<Kinds> {
+        &self.svc.kinds
+    }
+
+    /// Handles one envelope that arrived from a ring (or the local queue).
+    #[inline]
+    pub fn deliver(&mut self, env: Envelope) {
+        match env.op {
+            Op::Tell | Op::AskClient | Op::AskEntity => {
+                let kind = env.kind as usize;
+                debug_assert!(kind < self.tables.len(), "envelope of unknown kind");
+                self.tables[kind].deliver(env, &mut self.svc);
+            }
+            Op::ReplyEntity => self.resume(env),
+            Op::ReplyClient => debug_assert!(false, "a client reply reached a shard"),
+        }
+    }
+
+    /// Runs the continuation waiting for `reply` and delivers its message to
+    /// the asker.
+    fn resume(&mut self, reply: Envelope) {
+        let slot = reply.token as usize;
+        let Some(c) = self.svc.pending.get_mut(slot).and_then(Option::take) else {
+            debug_assert!(false, "reply for a continuation that does not exist");
+            return;
+        };
+        self.svc.pending_free.push(slot as u32);
+        let result = match reply.error_status() {
+            Some(err) => Err(err),
+            None => Ok(reply),
+        };
+        let Continuation { kind, key, call } = c;
+        match catch_unwind(AssertUnwindSafe(move || call(result, kind, key))) {
+            Ok(msg) => self.deliver(msg),
+            Err(_) => self.svc.counters.panics += 1,
+        }
+    }
+
+    /// Handles up to `max` messages from the local queue (messages this
+    /// shard's handlers sent to entities of this shard, and due timers).
+    /// Returns how many it handled.
+    pub fn run_local(&mut self, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(env) = self.svc.local.pop_front() else {
+                break;
+            };
+            self.deliver(env);
+            n += 1;
+        }
+        n
+    }
+
+    /// Messages waiting in the local queue.
+    pub fn local_len(&self) -> usize {
+        self.svc.local.len()
+    }
+
+    /// Sets the shard's clock (nanoseconds since the engine started).
+    #[inline]
+    pub fn set_now(&mut self, now_ns: u64) {
+        debug_assert!(now_ns >= self.svc.now_ns, "the shard clock went backwards");
+        self.svc.now_ns = now_ns;
+    }
+
+    /// The shard's clock.
+    pub fn now_ns(&self) -> u64 {
+        self.svc.now_ns
+    }
+
+    /// Moves up to `max` due timers' messages onto the local queue. Returns how
+    /// many fired.
+    pub fn fire_timers(&mut self, max: usize) -> usize {
+        let Services {
+            timers,
+            local,
+            now_ns,
+            counters,
+            ..
+        } = &mut self.svc;
+        let fired = timers.fire_due(*now_ns, max, |env| local.push_back(env));
+        counters.timers_fired += fired as u64;
+        fired
+    }
+
+    /// The earliest timer deadline, if any timer is live.
+    pub fn next_deadline_ns(&mut self) -> Option<u64> {
+        self.svc.timers.next_deadline()
+    }
+
+    /// Live timers.
+    pub fn timer_count(&self) -> usize {
+        self.svc.timers.len()
+    }
+
+    /// What waits to be published to shard `shard`.
+    #[inline]
+    pub fn outbox_to_shard(&mut self, shard: usize) -> &mut Outbox {
+        &mut self.svc.to_shards[shard]
+    }
+
+    /// What waits to be published to client slot `slot`.
+    #[inline]
+    pub fn outbox_to_client(&mut self, slot: usize) -> &mut Outbox {
+        &mut self.svc.to_clients[slot]
+    }
+
+    /// An outbox and the counters together (to publish and count in one go).
+    #[inline]
+    pub fn outbox_and_counters(&mut self, dest: Destination) -> (&mut Outbox, &mut Counters) {
+        let out = match dest {
+            Destination::Shard(s) => &mut self.svc.to_shards[s],
+            Destination::Client(c) => &mut self.svc.to_clients[c],
+        };
+        (out, &mut self.svc.counters)
+    }
+
+    /// Whether any outbox holds envelopes.
+    pub fn has_outbound(&self) -> bool {
+        self.svc.to_shards.iter().any(|o| !o.is_empty())
+            || self.svc.to_clients.iter().any(|o| !o.is_empty())
+    }
+
+    /// Entity asks still waiting for their reply.
+    pub fn pending_asks(&self) -> usize {
+        self.svc.pending.len() - self.svc.pending_free.len()
+    }
+
+    /// The shard's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.svc.counters
+    }
+
+    /// The shard's counters, for the runtime to add what it measures.
+    pub fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.svc.counters
+    }
+
+    /// Live entities on this shard, all kinds.
+    pub fn entity_count(&self) -> usize {
+        self.tables.iter().map(|t| t.len()).sum()
+    }
+
+    /// Live entities of `kind`.
+    pub fn entity_count_of(&self, kind: KindId) -> usize {
+        self.tables[kind as usize].len()
+    }
+
+    /// Bytes the tables use beyond entity states (keys, indexes, slack).
+    pub fn table_overhead_bytes(&self) -> usize {
+        self.tables.iter().map(|t| t.overhead_bytes()).sum()
+    }
+}
