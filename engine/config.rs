@@ -21,9 +21,10 @@ use crate::error::Error;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "CoresRepr", into = "CoresRepr")]
 pub enum Cores {
-    /// Every core the process may run on (its affinity mask). The default.
+    /// Every core in the affinity mask of the thread that builds the engine.
+    /// The default.
     All,
-    /// The first `n` cores of the process's affinity mask.
+    /// The first `n` cores of that mask.
     Count(usize),
     /// Exactly these core ids, one shard each, in this order.
     List(Vec<usize>),

@@ -145,6 +145,7 @@ impl EngineBuilder {
         let cores = pin::plan_cores(
             &self.config.cores,
             &pin::available_cores(),
+            &pin::schedulable_cores(),
             self.config.oversubscribe,
         )?;
         if cores.len() > MAX_SHARDS {

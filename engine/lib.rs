@@ -91,3 +91,8 @@ pub use engine::{Engine, EngineBuilder, MAX_SHARDS};
 pub use error::{Error, TellError};
 pub use metrics::{Metrics, ShardMetrics};
 pub use percore_shards::{AskError, Ctx, Entity, SendError, TimerId};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -3,7 +3,9 @@
 use crate::config::Cores;
 use crate::error::Error;
 
-/// The cores this process may run on (its affinity mask), ascending.
+/// The cores in the affinity mask of the calling thread, ascending: what
+/// `Cores::All` and `Cores::Count` choose from (so `taskset -c 2,3 prog` runs
+/// shards on 2 and 3).
 pub(crate) fn available_cores() -> Vec<usize> {
     let mut ids: Vec<usize> = core_affinity::get_core_ids()
         .unwrap_or_default()
@@ -15,10 +17,45 @@ pub(crate) fn available_cores() -> Vec<usize> {
     ids
 }
 
-/// The core of each shard, in shard order.
+/// The cores any thread of this process may be scheduled on: the cgroup's
+/// effective cpuset (or every online CPU), which explicit core lists are
+/// checked against — a thread may widen its affinity within it, so a caller
+/// that pinned itself before building the engine can still list other cores.
+pub(crate) fn schedulable_cores() -> Vec<usize> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| parse_cpu_list(&s))
+    };
+    read("/sys/fs/cgroup/cpuset.cpus.effective")
+        .filter(|l| !l.is_empty())
+        .or_else(|| read("/sys/devices/system/cpu/online"))
+        .unwrap_or_else(available_cores)
+}
+
+/// Parses the kernel's CPU list format ("0-3,8,10-11").
+pub(crate) fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Some(cpus)
+}
+
+/// The core of each shard, in shard order. `available` is what `All`/`Count`
+/// pick from; `schedulable` is what a `List` is checked against.
 pub(crate) fn plan_cores(
     cores: &Cores,
     available: &[usize],
+    schedulable: &[usize],
     oversubscribe: bool,
 ) -> Result<Vec<usize>, Error> {
     if available.is_empty() {
@@ -39,10 +76,10 @@ pub(crate) fn plan_cores(
         }),
         Cores::List(list) => {
             for &core in list {
-                if !available.contains(&core) {
+                if !schedulable.contains(&core) {
                     return Err(Error::CoreUnavailable {
                         core,
-                        available: available.to_vec(),
+                        available: schedulable.to_vec(),
                     });
                 }
             }
@@ -118,17 +155,27 @@ mod tests {
     #[test]
     fn refuses_missing_cores_and_too_many_shards() {
         let avail = [0, 1];
-        match plan_cores(&Cores::List(vec![0, 7]), &avail, false) {
+        match plan_cores(&Cores::List(vec![0, 7]), &avail, &avail, false) {
             Err(Error::CoreUnavailable { core: 7, available }) => assert_eq!(available, vec![0, 1]),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            plan_cores(&Cores::Count(3), &avail, false),
+            plan_cores(&Cores::Count(3), &avail, &avail, false),
             Err(Error::TooManyShards {
                 requested: 3,
                 available: 2
             })
         ));
+    }
+
+    #[test]
+    fn parses_kernel_cpu_lists() {
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n"),
+            Some(vec![0, 1, 2, 3, 8, 10, 11])
+        );
+        assert_eq!(parse_cpu_list("1"), Some(vec![1]));
+        assert_eq!(parse_cpu_list("x"), None);
     }
 
     #[test]
