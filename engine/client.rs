@@ -307,6 +307,9 @@ impl Client {
 
     /// `enter`, push, `leave`.
     #[inline]
+    // The envelope goes back by value: boxing it would allocate on the error path
+    // of every send.
+    #[allow(clippy::result_large_err)]
     fn send_one(
         &self,
         shard: usize,
@@ -327,6 +330,7 @@ impl Client {
         self.signals.busy.store(false, Ordering::Release);
     }
 
+    #[allow(clippy::result_large_err)] // see `send_one`
     /// Pushes one envelope, waiting (boundedly) for room if `wait`. Must be
     /// called between `enter` and `leave`; while it sleeps it leaves and
     /// re-enters, so a shutdown never waits for a client stuck on a full ring.
@@ -426,7 +430,7 @@ impl Client {
                 return Err(AskError::ShuttingDown);
             }
             polls = polls.wrapping_add(1);
-            if polls % 64 != 0 {
+            if !polls.is_multiple_of(64) {
                 std::hint::spin_loop();
                 continue;
             }

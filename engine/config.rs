@@ -186,7 +186,7 @@ impl EngineConfig {
             })
         };
         let cap = self.ring_capacity;
-        if cap < 2 || cap > RING_CAPACITY_MAX || !cap.is_power_of_two() {
+        if !(2..=RING_CAPACITY_MAX).contains(&cap) || !cap.is_power_of_two() {
             return bad(
                 "ring_capacity",
                 format!("{cap} is not a power of two between 2 and {RING_CAPACITY_MAX}"),

@@ -135,19 +135,19 @@ mod tests {
     fn plans_all_count_and_list() {
         let avail = [0, 1, 2, 3];
         assert_eq!(
-            plan_cores(&Cores::All, &avail, false).unwrap(),
+            plan_cores(&Cores::All, &avail, &avail, false).unwrap(),
             vec![0, 1, 2, 3]
         );
         assert_eq!(
-            plan_cores(&Cores::Count(2), &avail, false).unwrap(),
+            plan_cores(&Cores::Count(2), &avail, &avail, false).unwrap(),
             vec![0, 1]
         );
         assert_eq!(
-            plan_cores(&Cores::List(vec![3, 1]), &avail, false).unwrap(),
+            plan_cores(&Cores::List(vec![3, 1]), &avail, &avail, false).unwrap(),
             vec![3, 1]
         );
         assert_eq!(
-            plan_cores(&Cores::Count(6), &avail, true).unwrap(),
+            plan_cores(&Cores::Count(6), &avail, &avail, true).unwrap(),
             vec![0, 1, 2, 3, 0, 1]
         );
     }

@@ -185,11 +185,11 @@ impl Services {
             Op::Tell => drop(reply),
             Op::AskClient => {
                 let env = Envelope::new(kind, key, Op::ReplyClient, reply);
-                self.to_client(sender, env.with_route(sender, token));
+                self.queue_for_client(sender, env.with_route(sender, token));
             }
             Op::AskEntity => {
                 let env = Envelope::new(kind, key, Op::ReplyEntity, reply);
-                self.to_origin(sender, env.with_route(sender, token));
+                self.queue_for_origin(sender, env.with_route(sender, token));
             }
             Op::ReplyEntity | Op::ReplyClient => {
                 unreachable!("replies are not handled by entities")
@@ -211,11 +211,11 @@ impl Services {
             Op::Tell => {}
             Op::AskClient => {
                 let env = Envelope::error(kind, key, Op::ReplyClient, err);
-                self.to_client(sender, env.with_route(sender, token));
+                self.queue_for_client(sender, env.with_route(sender, token));
             }
             Op::AskEntity => {
                 let env = Envelope::error(kind, key, Op::ReplyEntity, err);
-                self.to_origin(sender, env.with_route(sender, token));
+                self.queue_for_origin(sender, env.with_route(sender, token));
             }
             Op::ReplyEntity | Op::ReplyClient => {
                 unreachable!("replies are not handled by entities")
@@ -224,14 +224,14 @@ impl Services {
     }
 
     #[inline]
-    fn to_client(&mut self, sender: SenderId, env: Envelope) {
+    fn queue_for_client(&mut self, sender: SenderId, env: Envelope) {
         debug_assert!(sender & CLIENT_BIT != 0);
         let slot = (sender & !CLIENT_BIT) as usize;
         self.to_clients[slot].push(env);
     }
 
     #[inline]
-    fn to_origin(&mut self, shard: SenderId, env: Envelope) {
+    fn queue_for_origin(&mut self, shard: SenderId, env: Envelope) {
         let shard = shard as usize;
         if shard == self.spec.shard {
             self.local.push_back(env);

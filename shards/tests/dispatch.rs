@@ -23,7 +23,6 @@ enum AccMsg {
     Stop,
     AskPeer { peer: u64, boom: bool },
     Answer(Result<u64, AskError>),
-    Tick,
     Spray { to: u64, n: u64 },
     Get,
 }
@@ -53,7 +52,6 @@ impl Entity for Acc {
                 self.total = self.total * 100 + r.unwrap_or(99);
                 self.answers.push(r);
             }
-            AccMsg::Tick => self.total += 1,
             AccMsg::Spray { to, n } => {
                 for i in 0..n {
                     if let Err(e) = ctx.tell::<Acc>(to, AccMsg::Add(i)) {
@@ -131,7 +129,9 @@ fn ask_from_client(key: u64, msg: AccMsg, token: u64) -> Envelope {
     Envelope::new(0, key, Op::AskClient, msg).with_route(CLIENT_BIT, token)
 }
 
-fn client_replies(shard: &mut Shard) -> Vec<(u64, Result<(u64, usize), AskError>)> {
+type Replies = Vec<(u64, Result<(u64, usize), AskError>)>;
+
+fn client_replies(shard: &mut Shard) -> Replies {
     let out = shard.outbox_to_client(0);
     let n = out.len();
     out.drain(n)
