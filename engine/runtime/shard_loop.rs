@@ -214,16 +214,29 @@ impl ShardLoop {
                 work += n;
             }
         }
+        // Client requests wait in their rings (and their senders wait) while
+        // this shard's outgoing backlog is high: external load is pushed back
+        // to clients rather than into handler overflow. Shard rings above
+        // always drain, so no cycle of full rings can deadlock.
+        let backlog_max = self.shard.overflow_cap() / 2;
         for &slot in &self.active {
             let ends = self.clients[slot].as_mut().expect("active slot");
             let n = ends.requests.slots().min(RING_DRAIN_BATCH);
-            if n > 0 {
-                let chunk = ends.requests.read_chunk(n).expect("slots() said so");
-                for env in chunk {
-                    self.shard.deliver(env);
-                }
-                work += n;
+            if n == 0 {
+                continue;
             }
+            let mut chunk = ends
+                .requests
+                .read_chunk(n)
+                .expect("slots() said so")
+                .into_iter();
+            for env in chunk.by_ref() {
+                self.shard.deliver(env);
+                if self.shard.shard_backlog() > backlog_max {
+                    break;
+                }
+            }
+            work += chunk.iterated();
         }
         if !stopping {
             work += self.shard.fire_timers(TIMER_BATCH);

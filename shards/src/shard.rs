@@ -417,6 +417,20 @@ impl Shard {
             || self.svc.to_clients.iter().any(|o| !o.is_empty())
     }
 
+    /// Envelopes waiting to be published to other shards, all destinations.
+    /// The runtime stops taking client requests while this is high, so an
+    /// external flood is pushed back to the clients instead of overflowing
+    /// handler sends.
+    #[inline]
+    pub fn shard_backlog(&self) -> usize {
+        self.svc.to_shards.iter().map(Outbox::len).sum()
+    }
+
+    /// The overflow cap this shard was built with.
+    pub fn overflow_cap(&self) -> usize {
+        self.svc.spec.overflow_cap
+    }
+
     /// Entity asks still waiting for their reply.
     pub fn pending_asks(&self) -> usize {
         self.svc.pending.len() - self.svc.pending_free.len()
