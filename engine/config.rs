@@ -9,9 +9,13 @@
 //! client_spin_us = 50
 //! oversubscribe = false
 //! idle = { policy = "spin_then_park", spin_us = 200 }   # or "park" / "poll"
+//! data_dir = "/var/lib/mygame/percore"   # needed by durable kinds
+//! durability = "synced"    # or "buffered" (survives a process crash) / "off"
+//! segment_len_bytes = 67108864
+//! checkpoint_len_bytes = 268435456
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +119,34 @@ pub struct EngineConfig {
     /// Allow more shards than cores (shards share cores round-robin). Useful
     /// for tests and development machines; never for latency. Default false.
     pub oversubscribe: bool,
+    /// Where durable kinds keep their logs (`DATA_DIR/shard-NNN/`). Required
+    /// when a durable kind is registered; an existing directory is recovered
+    /// at start. Default: none.
+    pub data_dir: Option<PathBuf>,
+    /// How far a durable change must get before its outputs are released:
+    /// `synced` (fdatasync: survives power loss; the default), `buffered`
+    /// (written: survives a crash of the process) or `off` (not written).
+    pub durability: DurabilityLevel,
+    /// Size of each preallocated log segment, 1 MiB ..= 1 GiB. Default 64 MiB.
+    pub segment_len_bytes: u64,
+    /// A shard checkpoints (rewrites its live durable entities to a fresh
+    /// segment and deletes older ones) after appending this many bytes of
+    /// records since its last checkpoint; at least `segment_len_bytes`.
+    /// Default 256 MiB.
+    pub checkpoint_len_bytes: u64,
+}
+
+/// How far a durable change must get before its outputs are released.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityLevel {
+    /// Nothing is written (durable kinds behave like plain ones).
+    Off,
+    /// Written to the kernel: survives a crash of the process, not of the machine.
+    Buffered,
+    /// Written and `fdatasync`ed: survives power loss. The default.
+    #[default]
+    Synced,
 }
 
 impl Default for EngineConfig {
@@ -128,6 +160,10 @@ impl Default for EngineConfig {
             send_wait_us_max: 1_000_000,
             client_spin_us: 50,
             oversubscribe: false,
+            data_dir: None,
+            durability: DurabilityLevel::Synced,
+            segment_len_bytes: 64 << 20,
+            checkpoint_len_bytes: 256 << 20,
         }
     }
 }
@@ -215,6 +251,21 @@ impl EngineConfig {
                 return bad("idle.spin_us", format!("{spin_us} exceeds {SPIN_US_MAX}"));
             }
         }
+        if !(1 << 20..=1 << 30).contains(&self.segment_len_bytes) {
+            return bad(
+                "segment_len_bytes",
+                format!("{} is outside 1 MiB ..= 1 GiB", self.segment_len_bytes),
+            );
+        }
+        if self.checkpoint_len_bytes < self.segment_len_bytes {
+            return bad(
+                "checkpoint_len_bytes",
+                format!(
+                    "{} is below segment_len_bytes ({})",
+                    self.checkpoint_len_bytes, self.segment_len_bytes
+                ),
+            );
+        }
         match &self.cores {
             Cores::Count(0) => return bad("cores", "a count of 0 shards".into()),
             Cores::List(l) if l.is_empty() => return bad("cores", "an empty list".into()),
@@ -246,6 +297,10 @@ mod tests {
             send_wait_us_max: 5,
             client_spin_us: 0,
             oversubscribe: true,
+            data_dir: Some("/tmp/x".into()),
+            durability: DurabilityLevel::Buffered,
+            segment_len_bytes: 1 << 20,
+            checkpoint_len_bytes: 1 << 21,
         };
         let text = cfg.to_toml_string();
         assert_eq!(EngineConfig::from_toml_str(&text).unwrap(), cfg);

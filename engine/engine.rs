@@ -8,11 +8,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use percore_shards::{Entity, Envelope, Kinds};
+use percore_shards::{Codec, DurableState, Entity, Envelope, Kinds};
 use rtrb::RingBuffer;
 
 use crate::client::Client;
-use crate::config::{Cores, EngineConfig, IdlePolicy};
+use crate::config::{Cores, DurabilityLevel, EngineConfig, IdlePolicy};
+use crate::durability::{self, RecoveryReport};
 use crate::error::Error;
 use crate::metrics::{Metrics, MetricsCell};
 use crate::pin;
@@ -115,14 +116,49 @@ impl EngineBuilder {
         self
     }
 
-    /// Registers entity kind `E`. A second kind with the same
-    /// [`Entity::KIND`] makes [`EngineBuilder::build`] fail with
-    /// [`Error::DuplicateKind`].
-    pub fn register<E: Entity>(mut self) -> Self {
-        if self.kinds.register::<E>().is_err() && self.duplicate.is_none() {
+    /// Keeps durable kinds' logs under `dir` (created if missing; recovered if
+    /// it holds logs). Required by durable kinds. Default: none.
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.config.data_dir = Some(dir.into());
+        self
+    }
+
+    /// How far a durable change must get before its outputs are released.
+    /// Default: [`DurabilityLevel::Synced`].
+    pub fn durability(mut self, level: DurabilityLevel) -> Self {
+        self.config.durability = level;
+        self
+    }
+
+    /// Registers durable kind `E`, whose state encodes through
+    /// [`DurableState`]. Its changes are logged; after a crash it comes back
+    /// at its last durable state. Needs [`EngineBuilder::data_dir`].
+    pub fn register_durable<E: DurableState>(self) -> Self {
+        self.register_with(Some(Codec::<E>::of_state()))
+    }
+
+    /// Registers durable kind `E` whose state is plain old data: its bytes
+    /// are logged as they are (no encoding to write).
+    pub fn register_durable_pod<E: Entity + bytemuck::Pod>(self) -> Self {
+        self.register_with(Some(Codec::<E>::of_pod()))
+    }
+
+    fn register_with<E: Entity>(mut self, codec: Option<Codec<E>>) -> Self {
+        let added = match codec {
+            Some(codec) => self.kinds.register_durable::<E>(codec),
+            None => self.kinds.register::<E>(),
+        };
+        if added.is_err() && self.duplicate.is_none() {
             self.duplicate = Some(E::KIND);
         }
         self
+    }
+
+    /// Registers entity kind `E`. A second kind with the same
+    /// [`Entity::KIND`] makes [`EngineBuilder::build`] fail with
+    /// [`Error::DuplicateKind`].
+    pub fn register<E: Entity>(self) -> Self {
+        self.register_with::<E>(None)
     }
 
     /// Checks the configuration and the machine, then starts one pinned
@@ -156,7 +192,19 @@ impl EngineBuilder {
         }
         pin::check_io_uring()?;
         init_barriers();
-        Engine::start(self.config, cores, self.kinds)
+        let recovery = match (&self.config.data_dir, self.kinds.any_durable()) {
+            (Some(dir), true) => Some(durability::recover(dir, &self.kinds, cores.len())?),
+            (None, true) => {
+                return Err(Error::Config {
+                    field: "data_dir".into(),
+                    problem: "durable kinds are registered but no data directory is set; \
+                              call `.data_dir(path)` or set `data_dir` in the file"
+                        .into(),
+                })
+            }
+            (_, false) => None,
+        };
+        Engine::start(self.config, cores, self.kinds, recovery)
     }
 }
 
@@ -167,6 +215,7 @@ impl EngineBuilder {
 pub struct Engine {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    recovery: RecoveryReport,
 }
 
 impl Engine {
@@ -175,7 +224,12 @@ impl Engine {
         EngineBuilder::new()
     }
 
-    fn start(config: EngineConfig, cores: Vec<usize>, kinds: Kinds) -> Result<Engine, Error> {
+    fn start(
+        config: EngineConfig,
+        cores: Vec<usize>,
+        kinds: Kinds,
+        recovery: Option<(Vec<durability::ShardRecovery>, RecoveryReport)>,
+    ) -> Result<Engine, Error> {
         let n = cores.len();
         let cap = config.ring_capacity;
         let io = |context| move |source| Error::Io { context, source };
@@ -230,11 +284,19 @@ impl Engine {
             terminated: AtomicBool::new(false),
             epoch: Instant::now(),
         });
+        let (mut plans, report) = match recovery {
+            Some((plans, report)) => (plans.into_iter().map(Some).collect(), report),
+            None => (
+                (0..n).map(|_| None).collect::<Vec<_>>(),
+                RecoveryReport::default(),
+            ),
+        };
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut engine = Engine {
             shared: shared.clone(),
             threads: Vec::with_capacity(n),
+            recovery: report,
         };
         let inits = producers
             .into_iter()
@@ -249,6 +311,7 @@ impl Engine {
                 inbound,
                 outbound,
                 doorbell,
+                recovery: plans[index].take(),
             };
             let thread =
                 spawn_shard(init, ready_tx.clone()).map_err(io("spawning a shard thread"))?;
@@ -278,6 +341,11 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// What recovery found at start (all zero without durable kinds or logs).
+    pub fn recovery(&self) -> RecoveryReport {
+        self.recovery
     }
 
     /// Number of shards.

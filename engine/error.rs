@@ -64,6 +64,16 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// The durable log could not be opened or recovered (corruption names the
+    /// file and offset).
+    Log(crate::log::LogError),
+    /// A recovered entity could not be restored (its state does not decode).
+    Recovery {
+        /// The shard.
+        shard: usize,
+        /// Which entity and why.
+        detail: String,
+    },
     /// An operating-system call failed at start.
     Io {
         /// What was being done.
@@ -115,6 +125,13 @@ impl fmt::Display for Error {
             Error::ShardPanicked { shard, message } => {
                 write!(f, "shard {shard} panicked outside a handler: {message}")
             }
+            Error::Log(e) => write!(f, "durable log: {e}"),
+            Error::Recovery { shard, detail } => {
+                write!(
+                    f,
+                    "shard {shard} could not restore a recovered entity: {detail}"
+                )
+            }
             Error::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -124,6 +141,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::Log(e) => Some(e),
             _ => None,
         }
     }

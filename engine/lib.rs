@@ -76,6 +76,7 @@
 
 mod client;
 mod config;
+mod durability;
 mod engine;
 mod error;
 pub mod log;
@@ -86,11 +87,14 @@ mod shared;
 mod sync;
 
 pub use client::{AskFuture, Client};
-pub use config::{Cores, EngineConfig, IdlePolicy};
+pub use config::{Cores, DurabilityLevel, EngineConfig, IdlePolicy};
+pub use durability::RecoveryReport;
 pub use engine::{Engine, EngineBuilder, MAX_SHARDS};
 pub use error::{Error, TellError};
 pub use metrics::{Metrics, ShardMetrics};
-pub use percore_shards::{AskError, Ctx, Entity, SendError, TimerId};
+pub use percore_shards::{AskError, Ctx, DurableState, Entity, SendError, TimerId};
+
+pub use bytemuck;
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]

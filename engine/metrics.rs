@@ -34,6 +34,18 @@ pub struct ShardMetrics {
     pub entities: u64,
     /// Times the shard parked.
     pub parks: u64,
+    /// Durable records (states and deletions) appended.
+    pub records_logged: u64,
+    /// Durable changes the log refused or failed.
+    pub records_failed: u64,
+    /// Outputs of durable handlers released once durable.
+    pub gated_released: u64,
+    /// Tells of durable handlers dropped because their change failed.
+    pub gated_dropped: u64,
+    /// Checkpoints completed.
+    pub checkpoints: u64,
+    /// 1 once the shard's log failed to sync and is poisoned.
+    pub log_poisoned: u64,
 }
 
 /// A snapshot of every shard's metrics.
@@ -59,6 +71,12 @@ impl Metrics {
             t.busy_ns += s.busy_ns;
             t.entities += s.entities;
             t.parks += s.parks;
+            t.records_logged += s.records_logged;
+            t.records_failed += s.records_failed;
+            t.gated_released += s.gated_released;
+            t.gated_dropped += s.gated_dropped;
+            t.checkpoints += s.checkpoints;
+            t.log_poisoned += s.log_poisoned;
         }
         t
     }
@@ -68,11 +86,18 @@ impl Metrics {
 #[derive(Default)]
 #[repr(align(128))]
 pub(crate) struct MetricsCell {
-    fields: [AtomicU64; 11],
+    fields: [AtomicU64; 17],
 }
 
 impl MetricsCell {
-    pub(crate) fn publish(&self, c: &Counters, entities: usize, parks: u64) {
+    pub(crate) fn publish(
+        &self,
+        c: &Counters,
+        entities: usize,
+        parks: u64,
+        poisoned: bool,
+        checkpoints: u64,
+    ) {
         let values = [
             c.handled,
             c.sent,
@@ -85,6 +110,12 @@ impl MetricsCell {
             c.busy_ns,
             entities as u64,
             parks,
+            c.records_logged,
+            c.records_failed,
+            c.gated_released,
+            c.gated_dropped,
+            checkpoints,
+            poisoned as u64,
         ];
         for (cell, v) in self.fields.iter().zip(values) {
             cell.store(v, Ordering::Relaxed);
@@ -107,6 +138,12 @@ impl MetricsCell {
             busy_ns: f(8),
             entities: f(9),
             parks: f(10),
+            records_logged: f(11),
+            records_failed: f(12),
+            gated_released: f(13),
+            gated_dropped: f(14),
+            checkpoints: f(15),
+            log_poisoned: f(16),
         }
     }
 }

@@ -93,6 +93,12 @@ impl Doorbell {
         }
     }
 
+    /// The write end's file descriptor (the log writer rings it after a flush).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.tx.as_raw_fd()
+    }
+
     /// After publishing to the shard: wake it if it sleeps.
     #[inline]
     pub(crate) fn notify(&self) {

@@ -15,6 +15,7 @@ use rtrb::{Consumer, Producer};
 
 use super::{LOCAL_BATCH, METRICS_INTERVAL_NS, RING_DRAIN_BATCH, TIMER_BATCH};
 use crate::config::IdlePolicy;
+use crate::durability::{self, ShardLog, ShardRecovery};
 use crate::error::Error;
 use crate::shared::{ClientEnds, Shared};
 
@@ -29,6 +30,9 @@ pub(crate) struct ShardInit {
     pub(crate) outbound: Vec<Option<Producer<Envelope>>>,
     /// Read end of the doorbell.
     pub(crate) doorbell: UnixStream,
+    /// Recovered entities and where this shard's log continues (durable
+    /// kinds only).
+    pub(crate) recovery: Option<ShardRecovery>,
 }
 
 /// Starts shard `init.index` on its own thread. Reports on `ready` whether its
@@ -66,6 +70,12 @@ pub(crate) fn spawn_shard(
                 let doorbell = unsafe { glommio::net::UnixStream::from_raw_fd(fd) };
                 let mut shard_loop =
                     ShardLoop::new(init.index, init.shared, init.inbound, init.outbound);
+                if let Some(recovery) = init.recovery {
+                    if let Err(e) = shard_loop.open_log(&recovery) {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                }
                 let _ = ready.send(Ok(()));
                 shard_loop.run(doorbell).await;
             });
@@ -105,6 +115,8 @@ struct ShardLoop {
     marked_idle: bool,
     parks: u64,
     metrics_at_ns: u64,
+    /// The shard's durable log, when durable kinds are registered.
+    log: Option<ShardLog>,
 }
 
 impl ShardLoop {
@@ -136,7 +148,31 @@ impl ShardLoop {
             marked_idle: false,
             parks: 0,
             metrics_at_ns: 0,
+            log: None,
         }
+    }
+
+    /// Opens this shard's log, restores the entities recovery handed it and
+    /// runs their `recovered` hooks.
+    fn open_log(&mut self, recovery: &ShardRecovery) -> Result<(), Error> {
+        let config = &self.shared.config;
+        let data_dir = config.data_dir.as_ref().expect("checked at build");
+        let dir = crate::log::shard_dir(data_dir, self.index);
+        let log = ShardLog::open(
+            &dir,
+            config.durability,
+            config.segment_len_bytes,
+            config.checkpoint_len_bytes,
+            self.shared.doorbells[self.index].raw_fd(),
+            &recovery.resume,
+        )?;
+        durability::restore(&mut self.shard, recovery).map_err(|detail| Error::Recovery {
+            shard: self.index,
+            detail,
+        })?;
+        self.log = Some(log);
+        self.shard.run_recovered_hooks();
+        Ok(())
     }
 
     async fn run(&mut self, mut doorbell: glommio::net::UnixStream) {
@@ -172,6 +208,10 @@ impl ShardLoop {
             if quiet && sealed {
                 self.publish_quiescence();
                 if self.shared.terminate.load(Ordering::Acquire) {
+                    if let Some(log) = &mut self.log {
+                        log.finish(&mut self.shard);
+                        self.flush();
+                    }
                     return;
                 }
             }
@@ -242,6 +282,9 @@ impl ShardLoop {
             work += self.shard.fire_timers(TIMER_BATCH);
         }
         work += self.shard.run_local(LOCAL_BATCH);
+        if let Some(log) = &mut self.log {
+            log.commit_and_poll(&mut self.shard);
+        }
         self.flush();
         work
     }
@@ -321,10 +364,19 @@ impl ShardLoop {
         drained
     }
 
-    /// Whether this shard holds no work: inbound rings empty, local queue
-    /// empty, nothing waiting for another shard. (Replies waiting for a client
-    /// that does not read do not hold up shutdown.)
+    /// Whether this shard holds no work and waits for nothing: `idle()`, and
+    /// its log has nothing in flight and no output waits for it.
     fn quiet(&mut self) -> bool {
+        self.idle()
+            && !self.shard.has_unresolved()
+            && self.log.as_ref().is_none_or(ShardLog::is_idle)
+    }
+
+    /// Whether this shard has nothing to do now: inbound rings empty, local
+    /// queue empty, nothing waiting for another shard. (Replies waiting for a
+    /// client that does not read do not hold up shutdown.) A flush in flight
+    /// does not count: its completion rings the doorbell.
+    fn idle(&mut self) -> bool {
         self.shard.local_len() == 0
             && self.inbound.iter().all(|(_, r)| r.is_empty())
             && self.active.iter().all(|&slot| {
@@ -345,10 +397,16 @@ impl ShardLoop {
 
     fn publish_metrics(&mut self, now_ns: u64) {
         self.metrics_at_ns = now_ns;
+        let (poisoned, checkpoints) = self
+            .log
+            .as_ref()
+            .map_or((false, 0), |l| (l.poisoned, l.checkpoints));
         self.shared.metrics[self.index].publish(
             self.shard.counters(),
             self.shard.entity_count(),
             self.parks,
+            poisoned,
+            checkpoints,
         );
     }
 
@@ -359,7 +417,7 @@ impl ShardLoop {
         bell.prepare_sleep();
         // Re-check every source after announcing sleep (see crate::sync).
         let epoch = self.shared.client_epoch[self.index].load(Ordering::Acquire);
-        if !self.quiet()
+        if !self.idle()
             || epoch != self.client_epoch
             || self.shared.terminate.load(Ordering::Acquire)
         {

@@ -1,14 +1,16 @@
 //! Delivering one envelope to one entity: find or activate it, run its
-//! handler under `catch_unwind`, route the reply, restart it after a panic.
+//! handler under `catch_unwind`, route the reply, restart it after a panic;
+//! for durable kinds also the per-entity log bookkeeping (see `durable`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::ctx::Ctx;
+use crate::durable::{Codec, DurableMeta, LogRefusal, LogSink};
 use crate::entity::{Entity, KindId};
 use crate::envelope::Envelope;
 use crate::error::AskError;
 use crate::shard::Services;
-use crate::table::Table;
+use crate::table::{KeyMap, Slot, Table};
 
 /// A kind's table with its type erased, so a shard can hold one per kind.
 pub trait ErasedTable {
@@ -22,19 +24,110 @@ pub trait ErasedTable {
     }
     /// Bytes used beyond the entities' states.
     fn overhead_bytes(&self) -> usize;
+    /// Whether the kind is durable.
+    fn is_durable(&self) -> bool;
+    /// Appends entity `key`'s state if it changed since it was last logged.
+    /// Returns the LSN appended, if any.
+    ///
+    /// # Errors
+    ///
+    /// The sink's refusal; the entity is back at its last logged state.
+    fn log_dirty(&mut self, key: u64, sink: &mut dyn LogSink) -> Result<Option<u64>, LogRefusal>;
+    /// Record `lsn` of entity `key` is durable (`true`) or failed (`false`).
+    fn resolve(&mut self, key: u64, lsn: u64, durable: bool);
+    /// Puts a recovered entity in the table.
+    ///
+    /// # Errors
+    ///
+    /// The codec's message when `bytes` do not decode.
+    fn restore(&mut self, key: u64, version: u64, bytes: &[u8]) -> Result<(), String>;
+    /// Remembers a recovered deletion, so the key's next life logs a higher version.
+    fn restore_tombstone(&mut self, key: u64, version: u64);
+    /// Runs [`Entity::recovered`] on every entity.
+    fn run_recovered(&mut self, svc: &mut Services);
+    /// Appends every live entity's last logged state and every remembered
+    /// deletion (a checkpoint). Returns how many records.
+    ///
+    /// # Errors
+    ///
+    /// The sink's refusal.
+    fn checkpoint(&mut self, sink: &mut dyn LogSink) -> Result<usize, LogRefusal>;
+}
+
+/// Log bookkeeping of a durable kind, parallel to the table's slots.
+struct DurableSide<E> {
+    codec: Codec<E>,
+    /// `meta[slot]` belongs to the entity in `slot` (same swap-removes).
+    meta: Vec<DurableMeta>,
+    /// Versions of deleted entities, so a new life starts above them.
+    retired: KeyMap<u64>,
+    scratch: Vec<u8>,
 }
 
 pub(crate) struct KindTable<E: Entity> {
     kind: KindId,
+    hash: u64,
     table: Table<E>,
+    durable: Option<DurableSide<E>>,
 }
 
 impl<E: Entity> KindTable<E> {
-    pub(crate) fn new(kind: KindId) -> Self {
+    pub(crate) fn new(kind: KindId, hash: u64, codec: Option<Codec<E>>) -> Self {
         KindTable {
             kind,
+            hash,
             table: Table::new(),
+            durable: codec.map(|codec| DurableSide {
+                codec,
+                meta: Vec::new(),
+                retired: KeyMap::default(),
+                scratch: Vec::new(),
+            }),
         }
+    }
+
+    fn insert(
+        &mut self,
+        key: u64,
+        state: E,
+        meta: impl FnOnce(&mut KeyMap<u64>) -> DurableMeta,
+    ) -> Slot {
+        let slot = self.table.insert(key, state);
+        if let Some(d) = &mut self.durable {
+            let m = meta(&mut d.retired);
+            d.meta.push(m);
+            debug_assert_eq!(d.meta.len(), self.table.len());
+        }
+        slot
+    }
+
+    fn remove(&mut self, slot: Slot) -> E {
+        if let Some(d) = &mut self.durable {
+            d.meta.swap_remove(slot);
+        }
+        self.table.remove(slot)
+    }
+
+    /// Puts the entity at `slot` back to its last logged state, or removes it
+    /// when it has none. Returns whether it was removed.
+    fn rewind(&mut self, slot: Slot) -> bool {
+        let key = self.table.key_at(slot);
+        let d = self.durable.as_mut().expect("durable kind");
+        let restored = d.meta[slot]
+            .logged()
+            .map(|bytes| (d.codec.decode)(key, bytes));
+        let (old, removed) = match restored {
+            Some(Ok(state)) => (std::mem::replace(self.table.get_mut(slot), state), false),
+            _ => {
+                let version = d.meta[slot].version;
+                if version > 0 {
+                    d.retired.insert(key, version);
+                }
+                (self.remove(slot), true)
+            }
+        };
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(old)));
+        removed
     }
 }
 
@@ -51,7 +144,10 @@ impl<E: Entity> ErasedTable for KindTable<E> {
             None => match catch_unwind(|| E::activate(key)) {
                 Ok(state) => {
                     svc.counters.activations += 1;
-                    self.table.insert(key, state)
+                    self.insert(key, state, |retired| DurableMeta {
+                        version: retired.remove(&key).unwrap_or(0),
+                        ..DurableMeta::default()
+                    })
                 }
                 Err(_) => {
                     svc.counters.panics += 1;
@@ -60,6 +156,9 @@ impl<E: Entity> ErasedTable for KindTable<E> {
                 }
             },
         };
+        let durable = self.durable.is_some();
+        // Everything a durable handler emits waits for the log (the output gate).
+        svc.gate = durable;
         let mut ctx = Ctx::<E>::new(svc, self.kind, key);
         let state = self.table.get_mut(slot);
         let outcome = catch_unwind(AssertUnwindSafe(|| state.handle(msg, &mut ctx)));
@@ -68,16 +167,32 @@ impl<E: Entity> ErasedTable for KindTable<E> {
         match outcome {
             Ok(reply) => {
                 if stop {
-                    drop_state(self.table.remove(slot), svc);
+                    if let Some(d) = &mut self.durable {
+                        let version = d.meta[slot].version + 1;
+                        d.retired.insert(key, version);
+                        svc.tombstones.push((self.hash, key, version));
+                    }
+                    drop_state(self.remove(slot), svc);
+                } else if let Some(d) = &mut self.durable {
+                    let meta = &mut d.meta[slot];
+                    if !meta.dirty {
+                        meta.dirty = true;
+                        svc.dirty.push((self.kind, key));
+                    }
                 }
                 svc.answer(op, sender, token, self.kind, key, reply);
             }
             Err(_) => {
                 svc.counters.panics += 1;
-                drop_state(self.table.remove(slot), svc);
+                if !durable {
+                    drop_state(self.remove(slot), svc);
+                } else if self.rewind(slot) {
+                    svc.counters.deactivations += 1;
+                }
                 svc.fail(op, sender, token, self.kind, key, AskError::Panicked);
             }
         }
+        svc.gate = false;
     }
 
     fn len(&self) -> usize {
@@ -85,7 +200,111 @@ impl<E: Entity> ErasedTable for KindTable<E> {
     }
 
     fn overhead_bytes(&self) -> usize {
-        self.table.overhead_bytes()
+        let meta = self.durable.as_ref().map_or(0, |d| {
+            d.meta.capacity() * std::mem::size_of::<DurableMeta>()
+                + d.meta
+                    .iter()
+                    .map(|m| m.durable.as_ref().map_or(0, Vec::capacity))
+                    .sum::<usize>()
+        });
+        self.table.overhead_bytes() + meta
+    }
+
+    fn is_durable(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    fn log_dirty(&mut self, key: u64, sink: &mut dyn LogSink) -> Result<Option<u64>, LogRefusal> {
+        let Some(slot) = self.table.find(key) else {
+            return Ok(None); // stopped or failed since it was marked
+        };
+        let d = self.durable.as_mut().expect("only durable kinds are dirty");
+        let meta = &mut d.meta[slot];
+        meta.dirty = false;
+        d.scratch.clear();
+        (d.codec.encode)(self.table.get_mut(slot), &mut d.scratch);
+        if meta.logged() == Some(&d.scratch[..]) {
+            return Ok(None); // handled, but unchanged
+        }
+        // A version is never reused, even after a failure: a prefix of a failed
+        // flush may survive on disk.
+        meta.version += 1;
+        match sink.append_state(self.hash, key, meta.version, &d.scratch) {
+            Ok(lsn) => {
+                meta.pending.push((lsn, std::mem::take(&mut d.scratch)));
+                Ok(Some(lsn))
+            }
+            Err(refusal) => {
+                self.rewind(slot);
+                Err(refusal)
+            }
+        }
+    }
+
+    fn resolve(&mut self, key: u64, lsn: u64, durable: bool) {
+        let Some(slot) = self.table.find(key) else {
+            return;
+        };
+        let d = self.durable.as_mut().expect("durable kind");
+        if durable {
+            d.meta[slot].durable(lsn);
+        } else {
+            d.meta[slot].failed(lsn);
+            self.rewind(slot);
+        }
+    }
+
+    fn restore(&mut self, key: u64, version: u64, bytes: &[u8]) -> Result<(), String> {
+        let d = self.durable.as_ref().ok_or("the kind is not durable")?;
+        if self.table.find(key).is_some() {
+            return Err(format!("key {key} recovered twice"));
+        }
+        let state = (d.codec.decode)(key, bytes)?;
+        self.insert(key, state, |retired| {
+            retired.remove(&key);
+            DurableMeta {
+                version,
+                durable: Some(bytes.to_vec()),
+                ..DurableMeta::default()
+            }
+        });
+        Ok(())
+    }
+
+    fn restore_tombstone(&mut self, key: u64, version: u64) {
+        if let Some(d) = &mut self.durable {
+            d.retired.insert(key, version);
+        }
+    }
+
+    fn run_recovered(&mut self, svc: &mut Services) {
+        for slot in 0..self.table.len() {
+            let key = self.table.key_at(slot);
+            let mut ctx = Ctx::<E>::new(svc, self.kind, key);
+            let state = self.table.get_mut(slot);
+            let outcome = catch_unwind(AssertUnwindSafe(|| state.recovered(&mut ctx)));
+            // A recovered entity stays live whatever the hook asked.
+            let _ = ctx.stop_requested();
+            if outcome.is_err() {
+                svc.counters.panics += 1;
+            }
+        }
+    }
+
+    fn checkpoint(&mut self, sink: &mut dyn LogSink) -> Result<usize, LogRefusal> {
+        let Some(d) = &self.durable else { return Ok(0) };
+        let mut n = 0;
+        for (slot, meta) in d.meta.iter().enumerate() {
+            if let Some(bytes) = meta.logged() {
+                sink.append_state(self.hash, self.table.key_at(slot), meta.version, bytes)?;
+                n += 1;
+            }
+        }
+        for (&key, &version) in &d.retired {
+            sink.append_tombstone(self.hash, key, version)?;
+            n += 1;
+        }
+        Ok(n)
     }
 }
 

@@ -51,6 +51,13 @@ pub trait Entity: Sized + Send + 'static {
     /// A panic here is caught: the entity is dropped and re-activated on its
     /// next message, an asker gets [`AskError::Panicked`](crate::AskError::Panicked).
     fn handle(&mut self, msg: Self::Msg, ctx: &mut Ctx<'_, Self>) -> Self::Reply;
+
+    /// Runs once when a durable entity comes back from the log at start, before
+    /// any message reaches it, so it can resend what it had promised (an
+    /// outbox); receivers should deduplicate. Does nothing by default.
+    fn recovered(&mut self, ctx: &mut Ctx<'_, Self>) {
+        let _ = ctx;
+    }
 }
 
 /// Index of a registered kind, the same on every shard of one engine.

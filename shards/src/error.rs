@@ -23,6 +23,12 @@ pub enum AskError {
     /// The handler's outgoing queue to the target shard is at its cap; the
     /// request was not sent.
     Overflow,
+    /// The entity's change could not be logged because the disk is full; the
+    /// entity is back at its last durable state. Retrying later may succeed.
+    StorageFull,
+    /// The entity's change could not be logged (the shard's log failed to sync
+    /// and is poisoned); the entity is back at its last durable state.
+    StorageFailed,
 }
 
 impl AskError {
@@ -35,6 +41,8 @@ impl AskError {
             AskError::Full => 4,
             AskError::Timeout => 5,
             AskError::Overflow => 6,
+            AskError::StorageFull => 7,
+            AskError::StorageFailed => 8,
         }
     }
 
@@ -47,6 +55,8 @@ impl AskError {
             4 => AskError::Full,
             5 => AskError::Timeout,
             6 => AskError::Overflow,
+            7 => AskError::StorageFull,
+            8 => AskError::StorageFailed,
             _ => return None,
         })
     }
@@ -61,6 +71,12 @@ impl fmt::Display for AskError {
             AskError::Full => "the ring to the entity's shard stayed full for the allowed wait",
             AskError::Timeout => "no reply within the requested timeout",
             AskError::Overflow => "the outgoing queue to the entity's shard is at its cap",
+            AskError::StorageFull => {
+                "the change could not be logged: the disk is full (retry later)"
+            }
+            AskError::StorageFailed => {
+                "the change could not be logged: the shard's log failed and is poisoned"
+            }
         })
     }
 }
@@ -122,6 +138,8 @@ mod tests {
             AskError::Full,
             AskError::Timeout,
             AskError::Overflow,
+            AskError::StorageFull,
+            AskError::StorageFailed,
         ] {
             assert_ne!(e.code(), 0);
             assert_eq!(AskError::from_code(e.code()), Some(e));

@@ -5,6 +5,7 @@ use std::any::TypeId;
 use std::fmt;
 
 use crate::dispatch::{ErasedTable, KindTable};
+use crate::durable::Codec;
 use crate::entity::{home_shard, kind_hash, Entity, KindId};
 
 /// What the registry knows of one kind.
@@ -13,8 +14,10 @@ pub struct KindInfo {
     pub name: &'static str,
     /// [`kind_hash`] of the name.
     pub hash: u64,
+    /// Whether its entities are logged.
+    pub durable: bool,
     type_id: TypeId,
-    make_table: fn(KindId) -> Box<dyn ErasedTable>,
+    make_table: Box<dyn Fn(KindId) -> Box<dyn ErasedTable> + Send + Sync>,
 }
 
 /// Two registrations under one kind name (or the same type twice).
@@ -62,6 +65,35 @@ impl Kinds {
     ///
     /// When more than [`Kinds::MAX`] kinds are registered.
     pub fn register<E: Entity>(&mut self) -> Result<KindId, DuplicateKind> {
+        self.add::<E>(None)
+    }
+
+    /// Registers `E` as a durable kind whose states `codec` encodes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Kinds::register`].
+    pub fn register_durable<E: Entity>(
+        &mut self,
+        codec: Codec<E>,
+    ) -> Result<KindId, DuplicateKind> {
+        self.add::<E>(Some(codec))
+    }
+
+    /// Whether any registered kind is durable.
+    pub fn any_durable(&self) -> bool {
+        self.list.iter().any(|k| k.durable)
+    }
+
+    /// The kind whose name hashes to `hash`, if registered.
+    pub fn id_of_hash(&self, hash: u64) -> Option<KindId> {
+        self.list
+            .iter()
+            .position(|k| k.hash == hash)
+            .map(|i| i as KindId)
+    }
+
+    fn add<E: Entity>(&mut self, codec: Option<Codec<E>>) -> Result<KindId, DuplicateKind> {
         let hash = kind_hash(E::KIND);
         if self
             .list
@@ -74,8 +106,9 @@ impl Kinds {
         self.list.push(KindInfo {
             name: E::KIND,
             hash,
+            durable: codec.is_some(),
             type_id: TypeId::of::<E>(),
-            make_table: |kind| Box::new(KindTable::<E>::new(kind)),
+            make_table: Box::new(move |kind| Box::new(KindTable::<E>::new(kind, hash, codec))),
         });
         Ok((self.list.len() - 1) as KindId)
     }

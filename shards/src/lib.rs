@@ -15,6 +15,7 @@
 
 pub mod ctx;
 pub mod dispatch;
+pub mod durable;
 pub mod entity;
 pub mod envelope;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod table;
 pub mod timers;
 
 pub use ctx::Ctx;
+pub use durable::{Codec, DurableState, LogRefusal, LogSink};
 pub use entity::{Entity, KindId};
 pub use envelope::{Envelope, Op};
 pub use error::{AskError, SendError};

@@ -181,6 +181,12 @@ impl<P> Fold<P> {
         })
     }
 
+    /// Consumes the fold, yielding every entity's winning record, deletions
+    /// included, in no particular order.
+    pub fn into_entries(self) -> impl Iterator<Item = (EntityId, Latest<P>)> {
+        self.latest.into_iter()
+    }
+
     /// Consumes the fold, yielding the live entities in no particular order.
     pub fn into_live(self) -> impl Iterator<Item = Recovered<P>> {
         self.latest.into_iter().filter_map(|(id, l)| {

@@ -12,6 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::dispatch::ErasedTable;
+use crate::durable::{LogRefusal, LogSink};
 use crate::entity::KindId;
 use crate::envelope::{Envelope, Op, SenderId, CLIENT_BIT};
 use crate::error::AskError;
@@ -39,6 +40,15 @@ pub struct Counters {
     pub timers_fired: u64,
     /// Nanoseconds spent handling messages (measured by the runtime per pass).
     pub busy_ns: u64,
+    /// Durable state records (and tombstones) appended to the log.
+    pub records_logged: u64,
+    /// Changes of durable entities the log refused or failed (the entity went
+    /// back to its last durable state).
+    pub records_failed: u64,
+    /// Outputs of durable handlers released after their records were durable.
+    pub gated_released: u64,
+    /// Tells of durable handlers dropped because their change failed to log.
+    pub gated_dropped: u64,
 }
 
 /// Where a shard sends: to another shard, or to a client handle.
@@ -105,6 +115,14 @@ impl Outbox {
     }
 }
 
+/// Where an envelope goes, decided when it is emitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    Local,
+    Shard(usize),
+    Client(usize),
+}
+
 /// A continuation: what to do with the reply to an entity's ask.
 pub(crate) struct Continuation {
     pub(crate) kind: KindId,
@@ -142,6 +160,18 @@ pub struct Services {
     pub(crate) timers: Timers,
     pub(crate) now_ns: u64,
     pub(crate) counters: Counters,
+    /// Set while a durable kind's handler runs: what it emits is held.
+    pub(crate) gate: bool,
+    /// Outputs held during the current pass.
+    pub(crate) held: Vec<(Route, Envelope)>,
+    /// Held outputs of earlier passes, each waiting for its LSN, in order.
+    pub(crate) held_batches: VecDeque<(u64, Vec<(Route, Envelope)>)>,
+    /// Durable entities handled this pass: (kind, key).
+    pub(crate) dirty: Vec<(KindId, u64)>,
+    /// Deletions to log this pass: (kind hash, key, version).
+    pub(crate) tombstones: Vec<(u64, u64, u64)>,
+    /// Appended state records not yet resolved: (LSN, kind, key), in order.
+    pub(crate) inflight: VecDeque<(u64, KindId, u64)>,
 }
 
 impl Services {
@@ -153,7 +183,17 @@ impl Services {
             .kinds
             .home_shard(env.kind, env.key, self.spec.shard_count);
         let cap = self.spec.overflow_cap;
-        if dest == self.spec.shard {
+        if self.gate {
+            if self.held.len() >= cap {
+                return Err(env);
+            }
+            let route = if dest == self.spec.shard {
+                Route::Local
+            } else {
+                Route::Shard(dest)
+            };
+            self.held.push((route, env));
+        } else if dest == self.spec.shard {
             if self.local.len() >= cap {
                 return Err(env);
             }
@@ -227,16 +267,79 @@ impl Services {
     fn queue_for_client(&mut self, sender: SenderId, env: Envelope) {
         debug_assert!(sender & CLIENT_BIT != 0);
         let slot = (sender & !CLIENT_BIT) as usize;
-        self.to_clients[slot].push(env);
+        self.emit(Route::Client(slot), env);
     }
 
     #[inline]
     fn queue_for_origin(&mut self, shard: SenderId, env: Envelope) {
         let shard = shard as usize;
-        if shard == self.spec.shard {
-            self.local.push_back(env);
+        let route = if shard == self.spec.shard {
+            Route::Local
         } else {
-            self.to_shards[shard].push(env);
+            Route::Shard(shard)
+        };
+        self.emit(route, env);
+    }
+
+    /// Queues an envelope on its route, or holds it behind the output gate.
+    #[inline]
+    fn emit(&mut self, route: Route, env: Envelope) {
+        if self.gate {
+            self.held.push((route, env));
+        } else {
+            self.route(route, env);
+        }
+    }
+
+    #[inline]
+    fn route(&mut self, route: Route, env: Envelope) {
+        match route {
+            Route::Local => self.local.push_back(env),
+            Route::Shard(s) => self.to_shards[s].push(env),
+            Route::Client(c) => self.to_clients[c].push(env),
+        }
+    }
+
+    /// Releases held outputs whose records are durable; fails those whose
+    /// records failed (replies become `err`, asks answer their own asker with
+    /// `err`, tells are dropped).
+    fn release_held(&mut self, through_lsn: u64, failed: Option<AskError>) {
+        while let Some((lsn, _)) = self.held_batches.front() {
+            if *lsn >= through_lsn {
+                break;
+            }
+            let (_, batch) = self.held_batches.pop_front().expect("front exists");
+            for (route, env) in batch {
+                match failed {
+                    None => {
+                        self.counters.gated_released += 1;
+                        self.route(route, env);
+                    }
+                    Some(err) => self.fail_held(route, env, err),
+                }
+            }
+        }
+    }
+
+    fn fail_held(&mut self, route: Route, env: Envelope, err: AskError) {
+        // The held envelope's payload type is not known here: a boxed payload
+        // leaks (inline ones need no drop). This is the failure path only.
+        match env.op {
+            Op::ReplyClient | Op::ReplyEntity => {
+                let e = Envelope::error(env.kind, env.key, env.op, err)
+                    .with_route(env.sender, env.token);
+                self.route(route, e);
+            }
+            Op::AskEntity => {
+                // The durable entity asked someone; answer its own continuation.
+                let e = Envelope::error(env.kind, env.key, Op::ReplyEntity, err)
+                    .with_route(self.spec.shard as SenderId, env.token);
+                self.local.push_back(e);
+            }
+            Op::Tell | Op::AskClient => {
+                self.counters.gated_dropped += 1;
+                std::mem::forget(env);
+            }
         }
     }
 
@@ -284,6 +387,12 @@ impl Shard {
                 timers: Timers::new(),
                 now_ns: 0,
                 counters: Counters::default(),
+                gate: false,
+                held: Vec::new(),
+                held_batches: VecDeque::new(),
+                dirty: Vec::new(),
+                tombstones: Vec::new(),
+                inflight: VecDeque::new(),
             },
         }
     }
@@ -415,6 +524,156 @@ impl Shard {
     pub fn has_outbound(&self) -> bool {
         self.svc.to_shards.iter().any(|o| !o.is_empty())
             || self.svc.to_clients.iter().any(|o| !o.is_empty())
+    }
+
+    /// Logs what this pass changed and closes the output gate over what the
+    /// durable handlers emitted: every dirty durable entity whose encoding
+    /// changed is appended once, deletions are appended, and the outputs held
+    /// this pass wait for the highest unresolved LSN (or go at once if the log
+    /// has nothing unresolved). Call once at the end of every pass.
+    pub fn commit(&mut self, sink: &mut dyn LogSink) {
+        let dirty = std::mem::take(&mut self.svc.dirty);
+        let mut failed = None;
+        for &(kind, key) in &dirty {
+            match self.tables[kind as usize].log_dirty(key, sink) {
+                Ok(Some(lsn)) => {
+                    self.svc.counters.records_logged += 1;
+                    self.svc.inflight.push_back((lsn, kind, key));
+                }
+                Ok(None) => {}
+                Err(refusal) => {
+                    self.svc.counters.records_failed += 1;
+                    failed = Some(refusal);
+                }
+            }
+        }
+        self.svc.dirty = dirty;
+        self.svc.dirty.clear();
+        for (hash, key, version) in std::mem::take(&mut self.svc.tombstones) {
+            match sink.append_tombstone(hash, key, version) {
+                Ok(_) => self.svc.counters.records_logged += 1,
+                Err(refusal) => {
+                    self.svc.counters.records_failed += 1;
+                    failed = Some(refusal);
+                }
+            }
+        }
+        let held = std::mem::take(&mut self.svc.held);
+        if held.is_empty() {
+            return;
+        }
+        if let Some(LogRefusal::Failed { retryable }) = failed {
+            // Something this pass emitted may depend on a change that is lost.
+            let err = if retryable {
+                AskError::StorageFull
+            } else {
+                AskError::StorageFailed
+            };
+            for (route, env) in held {
+                self.svc.fail_held(route, env, err);
+            }
+            return;
+        }
+        match sink.unresolved_max() {
+            Some(lsn) => self.svc.held_batches.push_back((lsn, held)),
+            None => {
+                for (route, env) in held {
+                    self.svc.counters.gated_released += 1;
+                    self.svc.route(route, env);
+                }
+            }
+        }
+    }
+
+    /// Records below `lsn_end` are durable: held outputs waiting for them go
+    /// out, their entities' durable copies advance.
+    pub fn durable_through(&mut self, lsn_end: u64) {
+        while let Some(&(lsn, kind, key)) = self.svc.inflight.front() {
+            if lsn >= lsn_end {
+                break;
+            }
+            self.svc.inflight.pop_front();
+            self.tables[kind as usize].resolve(key, lsn, true);
+        }
+        self.svc.release_held(lsn_end, None);
+    }
+
+    /// Records in `lsns` failed: their entities go back to their last durable
+    /// state, held outputs waiting for them fail with `err`.
+    pub fn failed(&mut self, lsns: std::ops::Range<u64>, err: AskError) {
+        while let Some(&(lsn, kind, key)) = self.svc.inflight.front() {
+            if lsn >= lsns.end {
+                break;
+            }
+            self.svc.inflight.pop_front();
+            let ok = lsn < lsns.start;
+            self.tables[kind as usize].resolve(key, lsn, ok);
+            if !ok {
+                self.svc.counters.records_failed += 1;
+            }
+        }
+        self.svc.release_held(lsns.start, None);
+        self.svc.release_held(lsns.end, Some(err));
+    }
+
+    /// Whether records or held outputs wait for the log.
+    pub fn has_unresolved(&self) -> bool {
+        !self.svc.inflight.is_empty() || !self.svc.held_batches.is_empty()
+    }
+
+    /// Whether any kind of this shard is durable.
+    pub fn has_durable_kinds(&self) -> bool {
+        self.tables.iter().any(|t| t.is_durable())
+    }
+
+    /// Puts a recovered entity (its last durable record) in its table.
+    ///
+    /// # Errors
+    ///
+    /// When the kind is unknown or not durable, the key is recovered twice, or
+    /// the payload does not decode.
+    pub fn restore(
+        &mut self,
+        kind_hash: u64,
+        key: u64,
+        version: u64,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        let kind = self
+            .svc
+            .kinds
+            .id_of_hash(kind_hash)
+            .ok_or_else(|| format!("no registered kind has hash {kind_hash:#x}"))?;
+        self.tables[kind as usize].restore(key, version, bytes)
+    }
+
+    /// Remembers a recovered deletion so the key's next life logs a higher version.
+    pub fn restore_tombstone(&mut self, kind_hash: u64, key: u64, version: u64) {
+        if let Some(kind) = self.svc.kinds.id_of_hash(kind_hash) {
+            self.tables[kind as usize].restore_tombstone(key, version);
+        }
+    }
+
+    /// Runs every recovered entity's [`Entity::recovered`](crate::Entity::recovered) hook.
+    pub fn run_recovered_hooks(&mut self) {
+        for table in &mut self.tables {
+            table.run_recovered(&mut self.svc);
+        }
+    }
+
+    /// Appends every durable entity's last logged state and every remembered
+    /// deletion (between the log's checkpoint begin and end markers). Returns
+    /// how many records.
+    ///
+    /// # Errors
+    ///
+    /// The sink's refusal.
+    pub fn checkpoint(&mut self, sink: &mut dyn LogSink) -> Result<usize, LogRefusal> {
+        let mut n = 0;
+        for table in &mut self.tables {
+            n += table.checkpoint(sink)?;
+        }
+        Ok(n)
     }
 
     /// Envelopes waiting to be published to other shards, all destinations.

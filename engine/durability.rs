@@ -1,0 +1,270 @@
+//! Durable kinds in the runtime: recovery of the data directory at start, and
+//! the bridge from a shard to its io_uring log writer.
+
+use std::path::Path;
+
+use percore_shards::durable::{LogRefusal, LogSink};
+use percore_shards::recovery::Fold;
+use percore_shards::{AskError, Kinds, Shard};
+
+use crate::config::DurabilityLevel;
+use crate::error::Error;
+use crate::log::{
+    recover_data_dir, AppendError, Durability, LogConfig, LogEvent, LogRecord, LogResume,
+    LogWriter, Storage, UringStorage,
+};
+
+/// What one shard starts with: the entities it now owns and where its own log
+/// continues.
+#[derive(Default)]
+pub(crate) struct ShardRecovery {
+    /// Live entities: (kind hash, key, version, state bytes).
+    pub(crate) live: Vec<(u64, u64, u64, Vec<u8>)>,
+    /// Deleted entities: (kind hash, key, version).
+    pub(crate) deleted: Vec<(u64, u64, u64)>,
+    pub(crate) resume: LogResume,
+}
+
+/// Figures of a recovery, for metrics and logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Log bytes read and checked.
+    pub log_bytes: u64,
+    /// Records read.
+    pub records: u64,
+    /// Live entities recovered.
+    pub entities: u64,
+    /// Torn tails discarded.
+    pub torn_tails: u64,
+}
+
+/// Reads every shard log under `data_dir` (whatever the shard count that wrote
+/// them), folds them (highest version wins, wherever it is), and hands each
+/// entity to the shard that owns it now.
+pub(crate) fn recover(
+    data_dir: &Path,
+    kinds: &Kinds,
+    shard_count: usize,
+) -> Result<(Vec<ShardRecovery>, RecoveryReport), Error> {
+    std::fs::create_dir_all(data_dir).map_err(|source| Error::Io {
+        context: "creating the data directory",
+        source,
+    })?;
+    let logs = recover_data_dir(data_dir).map_err(Error::Log)?;
+    let mut report = RecoveryReport::default();
+    let mut fold = Fold::<&[u8]>::new();
+    for (_, log) in &logs {
+        report.log_bytes += log.log_len_bytes();
+        report.torn_tails += log.torn_tails().len() as u64;
+        for record in log.records() {
+            report.records += 1;
+            fold.offer(&record.header, record.payload);
+        }
+    }
+    let mut plan: Vec<ShardRecovery> = (0..shard_count).map(|_| ShardRecovery::default()).collect();
+    for (index, log) in &logs {
+        if *index < shard_count {
+            plan[*index].resume = log.resume();
+        }
+    }
+    for (id, latest) in fold.into_entries() {
+        let Some(kind) = kinds.id_of_hash(id.kind) else {
+            tracing::warn!(
+                kind_hash = id.kind,
+                key = id.key,
+                "the log holds an entity of a kind that is not registered; it is ignored"
+            );
+            continue;
+        };
+        let shard = kinds.home_shard(kind, id.key, shard_count);
+        match latest.state {
+            Some(bytes) => {
+                report.entities += 1;
+                plan[shard]
+                    .live
+                    .push((id.kind, id.key, latest.version, bytes.to_vec()))
+            }
+            None => plan[shard].deleted.push((id.kind, id.key, latest.version)),
+        }
+    }
+    for p in &mut plan {
+        // Activation order must not depend on hashing.
+        p.live.sort_unstable_by_key(|e| (e.0, e.1));
+    }
+    Ok((plan, report))
+}
+
+/// Puts a shard's recovered entities in its tables.
+pub(crate) fn restore(shard: &mut Shard, recovery: &ShardRecovery) -> Result<(), String> {
+    for &(kind, key, version) in &recovery.deleted {
+        shard.restore_tombstone(kind, key, version);
+    }
+    for (kind, key, version, bytes) in &recovery.live {
+        shard
+            .restore(*kind, *key, *version, bytes)
+            .map_err(|e| format!("entity {key} of kind hash {kind:#x}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A shard's log: the writer and what the shard loop tracks about it.
+pub(crate) struct ShardLog {
+    writer: LogWriter<UringStorage>,
+    events: Vec<LogEvent>,
+    bytes_since_checkpoint: u64,
+    checkpoint_len_bytes: u64,
+    /// Set once the log failed to sync; reported in metrics.
+    pub(crate) poisoned: bool,
+    pub(crate) checkpoints: u64,
+}
+
+impl ShardLog {
+    pub(crate) fn open(
+        dir: &Path,
+        level: DurabilityLevel,
+        segment_len_bytes: u64,
+        checkpoint_len_bytes: u64,
+        wake_fd: std::os::fd::RawFd,
+        resume: &LogResume,
+    ) -> Result<Self, Error> {
+        let durability = match level {
+            DurabilityLevel::Off => Durability::Off,
+            DurabilityLevel::Buffered => Durability::Buffered,
+            DurabilityLevel::Synced => Durability::Synced,
+        };
+        let config = LogConfig {
+            segment_len_bytes,
+            durability,
+            wake_fd: Some(wake_fd),
+            ..LogConfig::default()
+        };
+        let storage = UringStorage::new().map_err(Error::Log)?;
+        let writer = LogWriter::open(storage, dir, config, resume).map_err(Error::Log)?;
+        Ok(ShardLog {
+            writer,
+            events: Vec::new(),
+            bytes_since_checkpoint: 0,
+            checkpoint_len_bytes,
+            poisoned: false,
+            checkpoints: 0,
+        })
+    }
+
+    /// End of a pass: log what changed, submit, apply what the log reports.
+    pub(crate) fn commit_and_poll(&mut self, shard: &mut Shard) {
+        shard.commit(&mut Sink { log: self });
+        self.poll(shard);
+        if self.bytes_since_checkpoint >= self.checkpoint_len_bytes
+            && !self.writer.checkpoint_in_progress()
+            && self.writer.poisoned().is_none()
+        {
+            self.checkpoint(shard);
+        }
+    }
+
+    fn poll(&mut self, shard: &mut Shard) {
+        self.writer.poll(&mut self.events);
+        for event in self.events.drain(..) {
+            match event {
+                LogEvent::Durable { lsns } => shard.durable_through(lsns.end),
+                LogEvent::Failed { lsns, error } => {
+                    let err = if error.is_retryable() {
+                        AskError::StorageFull
+                    } else {
+                        self.poisoned = true;
+                        tracing::error!("shard log failed and is poisoned: {error}");
+                        AskError::StorageFailed
+                    };
+                    shard.failed(lsns, err);
+                }
+                LogEvent::Checkpointed { .. } => self.checkpoints += 1,
+            }
+        }
+    }
+
+    fn checkpoint(&mut self, shard: &mut Shard) {
+        if self.writer.begin_checkpoint().is_err() {
+            return;
+        }
+        let written = shard.checkpoint(&mut Sink { log: self });
+        // A checkpoint with a refused record is aborted by the writer when
+        // it fails; finishing it anyway keeps the writer's state simple.
+        let _ = self.writer.finish_checkpoint();
+        if written.is_ok() {
+            self.bytes_since_checkpoint = 0;
+        }
+    }
+
+    /// Whether nothing waits in or for the log.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.writer.is_idle() || self.writer.poisoned().is_some()
+    }
+
+    /// At shutdown: wait until everything appended is resolved.
+    pub(crate) fn finish(&mut self, shard: &mut Shard) {
+        let _ = self.writer.sync_all(&mut self.events);
+        self.poll(shard);
+    }
+}
+
+/// The shard's view of its log while it commits a pass or a checkpoint.
+struct Sink<'a> {
+    log: &'a mut ShardLog,
+}
+
+impl Sink<'_> {
+    fn append(&mut self, record: LogRecord<'_>, len_bytes: usize) -> Result<u64, LogRefusal> {
+        loop {
+            match self.log.writer.append(&record) {
+                Ok(lsn) => {
+                    self.log.bytes_since_checkpoint += len_bytes as u64;
+                    return Ok(lsn);
+                }
+                Err(AppendError::Full { .. }) => {
+                    // Rare: more than the staging limit changed while a flush
+                    // was in flight. Wait for the storage, then retry.
+                    let _ = self.log.writer.storage_mut().wait();
+                    self.log.writer.poll(&mut self.log.events);
+                }
+                Err(AppendError::Poisoned(_)) => {
+                    self.log.poisoned = true;
+                    return Err(LogRefusal::Failed { retryable: false });
+                }
+                Err(e) => {
+                    tracing::error!("a record could not be appended: {e}");
+                    return Err(LogRefusal::Failed { retryable: false });
+                }
+            }
+        }
+    }
+}
+
+impl LogSink for Sink<'_> {
+    fn append_state(
+        &mut self,
+        kind: u64,
+        key: u64,
+        version: u64,
+        payload: &[u8],
+    ) -> Result<u64, LogRefusal> {
+        let record = LogRecord::State {
+            kind,
+            key,
+            version,
+            payload,
+        };
+        self.append(record, crate::log::record_len(payload.len()))
+    }
+
+    fn append_tombstone(&mut self, kind: u64, key: u64, version: u64) -> Result<u64, LogRefusal> {
+        self.append(
+            LogRecord::Tombstone { kind, key, version },
+            crate::log::record_len(0),
+        )
+    }
+
+    fn unresolved_max(&self) -> Option<u64> {
+        let w = &self.log.writer;
+        (w.next_lsn() > w.durable_watermark()).then(|| w.next_lsn() - 1)
+    }
+}
