@@ -41,12 +41,22 @@ pub struct Client {
     abandoned: RefCell<KeyMap<fn(Envelope)>>,
     next_token: Cell<u64>,
     thread_waker: RefCell<Option<(ThreadId, Waker)>>,
+    /// `tell_batch`'s staging run, kept to reuse its allocation.
+    run: RefCell<Vec<Envelope>>,
+    /// Envelopes `publish` pushed during the current `tell_batch`.
+    published: Cell<usize>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum PushFail {
     Full,
     ShuttingDown,
 }
+
+/// Most envelopes [`Client::tell_batch`] publishes to one ring at once.
+/// NB: chunks of 64 amortise the ring's index update and the wakeup check;
+/// see the `tell_cross_core/percore_batch` bench.
+pub const BATCH_CHUNK: usize = 64;
 
 impl PushFail {
     fn into_tell_error<M>(self, msg: M) -> TellError<M> {
@@ -76,6 +86,8 @@ impl Client {
             abandoned: RefCell::new(KeyMap::default()),
             next_token: Cell::new(1),
             thread_waker: RefCell::new(None),
+            run: RefCell::new(Vec::with_capacity(BATCH_CHUNK)),
+            published: Cell::new(0),
         }
     }
 
@@ -162,14 +174,19 @@ impl Client {
         }
     }
 
-    /// Sends every `(key, msg)` of `batch` to entities of kind `E`, waking
-    /// each shard once at the end instead of once per message. Waits like
-    /// [`Client::tell`] when a ring is full.
+    /// Sends every `(key, msg)` of `batch` to entities of kind `E`. Runs of
+    /// consecutive messages for one shard are published as one chunk (up to
+    /// [`BATCH_CHUNK`] envelopes: one index update and one wakeup check per
+    /// chunk instead of per message). Waits like [`Client::tell`] when a ring
+    /// is full. Messages are sent in batch order; per-entity order holds as
+    /// for single tells.
     ///
     /// # Errors
     ///
-    /// Stops at the first message that cannot be sent and hands it back with
-    /// how many were sent before it; the rest of `batch` is not consumed.
+    /// Stops at the first message that cannot be sent, with how many were sent
+    /// before it (a prefix of `batch`) and that message handed back. The
+    /// messages staged in the same chunk after it (at most
+    /// `BATCH_CHUNK - 1`) are dropped; the rest of `batch` is not consumed.
     pub fn tell_batch<E: Entity, I>(&self, batch: I) -> Result<usize, (usize, TellError<E::Msg>)>
     where
         I: IntoIterator<Item = (u64, E::Msg)>,
@@ -181,39 +198,90 @@ impl Client {
                 None => Ok(0),
             };
         };
-        let n = self.shared.shard_count();
-        let mut touched = 0u128; // shards to wake at the end (n <= 128, checked at build)
-        let mut sent = 0;
+        if let Err(fail) = self.enter() {
+            return match batch.next() {
+                Some((_, msg)) => Err((0, fail.into_tell_error(msg))),
+                None => Ok(0),
+            };
+        }
         let mut requests = self.requests.borrow_mut();
+        let mut run = self.run.borrow_mut();
+        let mut run_shard = usize::MAX;
         let mut failed = None;
-        match self.enter() {
-            Err(fail) => {
-                failed = batch.next().map(|(_, msg)| fail.into_tell_error(msg));
-            }
-            Ok(()) => {
-                for (key, msg) in batch.by_ref() {
-                    let shard = self.home(kind, key);
-                    let env = Envelope::new(kind, key, Op::Tell, msg).with_route(self.sender, 0);
-                    if let Err((env, fail)) = self.push(&mut requests[shard], shard, env, true) {
-                        // SAFETY: made just above with `E::Msg`.
-                        failed = Some(fail.into_tell_error(unsafe { env.take::<E::Msg>() }));
-                        break;
-                    }
-                    touched |= 1 << shard;
-                    sent += 1;
+        self.published.set(0);
+        for (key, msg) in batch.by_ref() {
+            let shard = self.home(kind, key);
+            if (shard != run_shard && !run.is_empty()) || run.len() == BATCH_CHUNK {
+                if let Err(e) = self.publish(&mut requests[run_shard], run_shard, &mut run) {
+                    failed = Some(e);
+                    break;
                 }
-                self.leave();
+            }
+            run_shard = shard;
+            run.push(Envelope::new(kind, key, Op::Tell, msg).with_route(self.sender, 0));
+        }
+        if failed.is_none() && !run.is_empty() {
+            if let Err(e) = self.publish(&mut requests[run_shard], run_shard, &mut run) {
+                failed = Some(e);
             }
         }
-        drop(requests);
-        for shard in 0..n {
-            if touched & (1 << shard) != 0 {
+        let total = self.published.take();
+        self.leave();
+        let result = match failed {
+            None => Ok(total),
+            Some((env, fail)) => {
+                // SAFETY: made above with `E::Msg`.
+                let msg = unsafe { env.take::<E::Msg>() };
+                Err((total, fail.into_tell_error(msg)))
+            }
+        };
+        run.clear();
+        result
+    }
+
+    /// Publishes `run` (envelopes for `shard`) in chunks as room allows,
+    /// waiting like `push`; counts what it published in `self.published`.
+    /// On failure the first unsent envelope is handed back; the rest of the
+    /// run stays in `run` for the caller to discard.
+    #[allow(clippy::result_large_err)] // see `send_one`
+    fn publish(
+        &self,
+        ring: &mut Producer<Envelope>,
+        shard: usize,
+        run: &mut Vec<Envelope>,
+    ) -> Result<(), (Envelope, PushFail)> {
+        let mut deadline = None;
+        let mut round = 0u32;
+        loop {
+            let n = ring.slots().min(run.len());
+            if n > 0 {
+                let chunk = ring.write_chunk_uninit(n).expect("slots() said so");
+                chunk.fill_from_iter(run.drain(..n));
+                self.published.set(self.published.get() + n);
                 self.shared.doorbells[shard].notify();
             }
-        }
-        match failed {
-            None => Ok(sent),
-            Some(e) => Err((sent, e)),
+            if run.is_empty() {
+                return Ok(());
+            }
+            self.shared.doorbells[shard].notify();
+            self.leave();
+            let deadline = *deadline.get_or_insert_with(|| {
+                Instant::now() + Duration::from_micros(self.shared.config.send_wait_us_max)
+            });
+            let outcome = if Instant::now() >= deadline {
+                Err(PushFail::Full)
+            } else {
+                backoff(round);
+                round += 1;
+                self.enter()
+            };
+            if let Err(fail) = outcome {
+                if fail == PushFail::Full {
+                    // Re-enter so the caller's `leave` pairs up.
+                    let _ = self.enter();
+                }
+                return Err((run.remove(0), fail));
+            }
         }
     }
 

@@ -86,7 +86,7 @@ mod runtime;
 mod shared;
 mod sync;
 
-pub use client::{AskFuture, Client};
+pub use client::{AskFuture, Client, BATCH_CHUNK};
 pub use config::{Cores, DurabilityLevel, EngineConfig, IdlePolicy};
 pub use durability::RecoveryReport;
 pub use engine::{Engine, EngineBuilder, MAX_SHARDS};

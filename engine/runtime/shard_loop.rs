@@ -108,6 +108,8 @@ struct ShardLoop {
     /// Clients by slot; `active` lists the occupied slots.
     clients: Vec<Option<ClientEnds>>,
     active: Vec<usize>,
+    /// Closed clients whose requests are still being drained.
+    closing: Vec<usize>,
     client_epoch: u64,
     /// Envelopes pushed to / popped from other shards' rings (quiescence).
     sent: u64,
@@ -142,6 +144,7 @@ impl ShardLoop {
             outbound,
             clients,
             active: Vec::new(),
+            closing: Vec::new(),
             client_epoch: u64::MAX,
             sent: 0,
             received: 0,
@@ -278,6 +281,9 @@ impl ShardLoop {
             }
             work += chunk.iterated();
         }
+        if !self.closing.is_empty() {
+            self.release_closed();
+        }
         if !stopping {
             work += self.shard.fire_timers(TIMER_BATCH);
         }
@@ -341,27 +347,36 @@ impl ShardLoop {
                 self.active.push(slot);
             }
         }
-        let mut drained = 0;
+        // A closed client pushed its last envelope before it set `closed`; its
+        // requests are drained like anyone's (backlog rules included) and its
+        // slot is released once its ring is empty (`release_closed`).
+        for &slot in &self.active {
+            let ends = self.clients[slot].as_ref().expect("active slot");
+            if ends.signals.closed.load(Ordering::Acquire) && !self.closing.contains(&slot) {
+                self.closing.push(slot);
+            }
+        }
+        0
+    }
+
+    /// Lets go of closed clients whose requests have all been handled: their
+    /// replies (queued or held behind the output gate) have no reader.
+    fn release_closed(&mut self) {
         let mut i = 0;
-        while i < self.active.len() {
-            let slot = self.active[i];
-            let ends = self.clients[slot].as_mut().expect("active slot");
-            if !ends.signals.closed.load(Ordering::Acquire) {
+        while i < self.closing.len() {
+            let slot = self.closing[i];
+            let ends = self.clients[slot].as_ref().expect("closing slot is active");
+            if !ends.requests.is_empty() {
                 i += 1;
                 continue;
             }
-            // The client pushed its last envelope before it set `closed`: handle
-            // everything it sent, then let the slot go. Replies have no reader.
-            while let Ok(env) = ends.requests.pop() {
-                self.shard.deliver(env);
-                drained += 1;
-            }
-            self.shard.outbox_to_client(slot).clear();
+            self.closing.swap_remove(i);
+            self.shard.forget_client(slot);
             self.clients[slot] = None;
-            self.active.swap_remove(i);
+            let at = self.active.iter().position(|&s| s == slot).expect("active");
+            self.active.swap_remove(at);
             self.shared.release_client_slot(slot);
         }
-        drained
     }
 
     /// Whether this shard holds no work and waits for nothing: `idle()`, and

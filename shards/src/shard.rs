@@ -677,6 +677,16 @@ impl Shard {
         Ok(n)
     }
 
+    /// Forgets client slot `slot` (its handle was dropped): drops its queued
+    /// and held replies, so a later occupant of the slot never sees them.
+    pub fn forget_client(&mut self, slot: usize) {
+        self.svc.to_clients[slot].clear();
+        self.svc.held.retain(|(r, _)| *r != Route::Client(slot));
+        for (_, batch) in &mut self.svc.held_batches {
+            batch.retain(|(r, _)| *r != Route::Client(slot));
+        }
+    }
+
     /// Envelopes waiting to be published to other shards, all destinations.
     /// The runtime stops taking client requests while this is high, so an
     /// external flood is pushed back to the clients instead of overflowing

@@ -1,0 +1,347 @@
+//! percore itself: entities on pinned shards, driven through client handles.
+//!
+//! API used: `Engine::builder()` with the default configuration except where a
+//! workload places its shards (`cores`), `Engine::client()` per sending
+//! thread, `Client::tell` one message at a time (no batching, like the peers'
+//! one-at-a-time sends), `Client::ask` for request/reply, and `Ctx::tell` from
+//! a handler for `fanout`. `ask` is measured twice: with the default idle
+//! policy (shards spin 200 µs before parking, clients 50 µs: `p50_ns`, …) and
+//! with everything parking at once (`IdlePolicy::Park`, no client spin:
+//! `park_p50_ns`, …).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use percore::{Ctx, Engine, EngineBuilder, Entity, IdlePolicy};
+
+use super::System;
+use crate::harness::{pin, spawn_on, Countdown, CORES, RECEIVER_CORE, SENDER_CORE};
+use crate::measure::{self, rate, Figure, Latencies};
+use crate::workload::{fanout_player_sum, ManyPlan, Scale, Workload, FANOUT_PLAYERS, MANY_KEYS};
+
+/// The percore entry of the system table.
+pub const SYSTEM: System = System {
+    name: "percore",
+    workloads: &[
+        (Workload::Tell, tell),
+        (Workload::Ask, ask),
+        (Workload::Many, many),
+        (Workload::Activate, activate),
+        (Workload::Fanout, fanout),
+        (Workload::Idle, idle),
+    ],
+};
+
+/// Messages the current workload's receivers expect in all (one workload runs
+/// per child process, so process-wide statics are the workload's own).
+static EXPECTED: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Opened by the receivers when the last expected message is handled.
+static DONE: OnceLock<Countdown> = OnceLock::new();
+
+fn done() -> &'static Countdown {
+    DONE.get().expect("the workload sets the countdown first")
+}
+
+/// Adds what it is sent; the one that handles the last expected message of a
+/// `tell` opens the countdown.
+struct Counter {
+    state: u64,
+    handled: u64,
+}
+
+impl Entity for Counter {
+    const KIND: &'static str = "counter";
+    type Msg = u64;
+    type Reply = u64;
+
+    fn activate(_key: u64) -> Self {
+        Counter {
+            state: 0,
+            handled: 0,
+        }
+    }
+
+    fn handle(&mut self, value: u64, _: &mut Ctx<'_, Self>) -> u64 {
+        self.state += value;
+        self.handled += 1;
+        if self.handled == EXPECTED.load(Ordering::Relaxed) {
+            done().arrive();
+        }
+        self.state
+    }
+}
+
+/// A fanout player: adds the round numbers; arrives at the countdown on the
+/// last round.
+struct Player {
+    sum: u64,
+}
+
+impl Entity for Player {
+    const KIND: &'static str = "player";
+    type Msg = u64;
+    type Reply = u64;
+
+    fn activate(_key: u64) -> Self {
+        Player { sum: 0 }
+    }
+
+    fn handle(&mut self, round: u64, _: &mut Ctx<'_, Self>) -> u64 {
+        self.sum += round;
+        if round + 1 == EXPECTED.load(Ordering::Relaxed) {
+            assert_eq!(self.sum, fanout_player_sum(round + 1));
+            done().arrive();
+        }
+        self.sum
+    }
+}
+
+/// A fanout room: broadcasts each round to its players.
+struct Room {
+    players: Vec<u64>,
+}
+
+enum RoomMsg {
+    Join(Vec<u64>),
+    Round(u64),
+}
+
+impl Entity for Room {
+    const KIND: &'static str = "room";
+    type Msg = RoomMsg;
+    type Reply = ();
+
+    fn activate(_key: u64) -> Self {
+        Room {
+            players: Vec::new(),
+        }
+    }
+
+    fn handle(&mut self, msg: RoomMsg, ctx: &mut Ctx<'_, Self>) {
+        match msg {
+            RoomMsg::Join(players) => self.players = players,
+            RoomMsg::Round(round) => {
+                for &p in &self.players {
+                    ctx.tell::<Player>(p, round)
+                        .unwrap_or_else(|_| panic!("room outbox overflowed"));
+                }
+            }
+        }
+    }
+}
+
+fn builder() -> EngineBuilder {
+    Engine::builder()
+        .register::<Counter>()
+        .register::<Player>()
+        .register::<Room>()
+}
+
+fn start(builder: EngineBuilder) -> Engine {
+    builder.build().expect("percore engine starts")
+}
+
+fn tell(scale: Scale) -> Vec<Figure> {
+    let n = scale.tell_msgs();
+    // Entity 0 takes the one-at-a-time tells, entity 1 the batched ones; each
+    // opens the countdown at its n-th message.
+    EXPECTED.store(n, Ordering::Relaxed);
+    let _ = DONE.set(Countdown::new(2));
+    let engine = start(builder().cores([RECEIVER_CORE]));
+    let client = engine.client().expect("client");
+    let (single, batched) = spawn_on(SENDER_CORE, "percore-sender", move || {
+        let start = Instant::now();
+        for i in 0..n {
+            client.tell::<Counter>(0, i).expect("tell");
+        }
+        // Wait for entity 0's last message before timing the batched run.
+        let single = client.ask::<Counter>(0, 0).map(|_| start.elapsed());
+        let start = Instant::now();
+        client
+            .tell_batch::<Counter, _>((0..n).map(|i| (1, i)))
+            .expect("tell_batch");
+        (single.expect("ask"), start)
+    })
+    .join()
+    .expect("sender");
+    let end = done().wait();
+    engine.shutdown().expect("shutdown");
+    vec![
+        rate("msgs_per_s", n, single),
+        rate("batched_msgs_per_s", n, end - batched),
+    ]
+}
+
+fn ask_latencies(engine: &Engine, scale: Scale) -> Latencies {
+    let warmup = scale.ask_warmup();
+    let total = warmup + scale.ask_samples();
+    let client = engine.client().expect("client");
+    spawn_on(SENDER_CORE, "percore-asker", move || {
+        let mut latencies = Latencies::new();
+        for i in 0..total {
+            let start = Instant::now();
+            let state = client.ask::<Counter>(0, 1).expect("ask");
+            let latency = start.elapsed();
+            debug_assert_eq!(state, i + 1);
+            if i >= warmup {
+                latencies.record(latency);
+            }
+        }
+        latencies
+    })
+    .join()
+    .expect("asker")
+}
+
+fn ask(scale: Scale) -> Vec<Figure> {
+    EXPECTED.store(u64::MAX, Ordering::Relaxed);
+    let spinning = start(builder().cores([RECEIVER_CORE]));
+    let mut figures = ask_latencies(&spinning, scale).figures();
+    spinning.shutdown().expect("shutdown");
+    let parking = start(
+        builder()
+            .cores([RECEIVER_CORE])
+            .idle(IdlePolicy::Park)
+            .client_spin(Duration::ZERO),
+    );
+    for f in ask_latencies(&parking, scale).figures() {
+        let metric = match f.metric {
+            "p50_ns" => "park_p50_ns",
+            "p99_ns" => "park_p99_ns",
+            "p999_ns" => "park_p999_ns",
+            other => other,
+        };
+        figures.push(Figure::new(metric, f.value));
+    }
+    parking.shutdown().expect("shutdown");
+    figures
+}
+
+fn many(scale: Scale) -> Vec<Figure> {
+    let plan = ManyPlan::new(scale);
+    let total = plan.total();
+    EXPECTED.store(u64::MAX, Ordering::Relaxed);
+    let engine = start(builder().cores(CORES));
+    // Activate every key first, as the peers prefill theirs.
+    {
+        let client = engine.client().expect("client");
+        for key in 0..MANY_KEYS {
+            client.tell::<Counter>(key, 0).expect("tell");
+        }
+        // A client's ring to a shard is FIFO: a reply from a few keys (both
+        // shards among them) means the prefill before them was handled.
+        for key in 0..64 {
+            client.ask::<Counter>(key, 0).expect("ask");
+        }
+    }
+    let clients: Vec<_> = CORES
+        .iter()
+        .map(|_| engine.client().expect("client"))
+        .collect();
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(CORES.len()));
+    let senders: Vec<_> = plan
+        .keys
+        .into_iter()
+        .zip(clients)
+        .enumerate()
+        .map(|(sender, (keys, client))| {
+            let ready = ready.clone();
+            spawn_on(CORES[sender], "percore-sender", move || {
+                ready.wait();
+                let start = Instant::now();
+                for &key in &keys {
+                    client.tell::<Counter>(u64::from(key), 1).expect("tell");
+                }
+                // The last key this sender sent to has handled everything this
+                // client sent to its shard before the ask (FIFO per ring); ask
+                // one key per shard to cover both.
+                for &key in keys.iter().rev().take(64) {
+                    client.ask::<Counter>(u64::from(key), 0).expect("ask");
+                }
+                (start, Instant::now())
+            })
+        })
+        .collect();
+    let (mut start, mut end) = (None::<Instant>, None::<Instant>);
+    for s in senders {
+        let (s0, s1) = s.join().expect("sender");
+        start = Some(start.map_or(s0, |x| x.min(s0)));
+        end = Some(end.map_or(s1, |x| x.max(s1)));
+    }
+    let handled = engine.shutdown().expect("shutdown").total().handled;
+    assert!(handled >= total, "every message handled");
+    vec![rate("msgs_per_s", total, end.unwrap() - start.unwrap())]
+}
+
+fn activate(scale: Scale) -> Vec<Figure> {
+    let n = scale.activate_entities();
+    EXPECTED.store(u64::MAX, Ordering::Relaxed);
+    let engine = start(builder().cores([RECEIVER_CORE]));
+    let client = engine.client().expect("client");
+    // Warm the engine's own allocations (rings, first table) before measuring.
+    client.ask::<Counter>(u64::MAX, 0).expect("ask");
+    let (elapsed, rss_before, rss_after) = spawn_on(SENDER_CORE, "percore-activator", move || {
+        let rss_before = measure::rss_bytes();
+        let start = Instant::now();
+        for key in 0..n {
+            client.tell::<Counter>(key, 1).expect("tell");
+        }
+        client.ask::<Counter>(n - 1, 0).expect("ask");
+        let elapsed = start.elapsed();
+        (elapsed, rss_before, measure::rss_bytes())
+    })
+    .join()
+    .expect("activator");
+    let live = engine.metrics().total().entities;
+    assert!(live >= n, "{live} entities live, expected {n}");
+    let figures = measure::activation(n, elapsed, rss_before, rss_after);
+    engine.shutdown().expect("shutdown");
+    figures
+}
+
+fn fanout(scale: Scale) -> Vec<Figure> {
+    let rounds = scale.fanout_rounds();
+    let deliveries = rounds * FANOUT_PLAYERS;
+    EXPECTED.store(rounds, Ordering::Relaxed);
+    let _ = DONE.set(Countdown::new(FANOUT_PLAYERS as usize));
+    let engine = start(builder().cores(CORES));
+    // The room on the sender's core, its players on the receiver's.
+    let room = (0..)
+        .find(|&k| engine.shard_of::<Room>(k) == Some(0))
+        .expect("a key on shard 0");
+    let players: Vec<u64> = (0..)
+        .filter(|&k| engine.shard_of::<Player>(k) == Some(1))
+        .take(FANOUT_PLAYERS as usize)
+        .collect();
+    // Players activate with their first round, as actors spawn with theirs.
+    let client = engine.client().expect("client");
+    client
+        .ask::<Room>(room, RoomMsg::Join(players))
+        .expect("join");
+    let start = spawn_on(SENDER_CORE, "percore-driver", move || {
+        let start = Instant::now();
+        for round in 0..rounds {
+            client
+                .tell::<Room>(room, RoomMsg::Round(round))
+                .expect("tell");
+        }
+        start
+    })
+    .join()
+    .expect("driver");
+    let end = done().wait();
+    engine.shutdown().expect("shutdown");
+    vec![rate("deliveries_per_s", deliveries, end - start)]
+}
+
+fn idle(scale: Scale) -> Vec<Figure> {
+    let engine = start(builder());
+    let client = engine.client().expect("client");
+    client.ask::<Counter>(0, 1).expect("ask");
+    pin(SENDER_CORE);
+    let figures = measure::watch_idle(scale.idle());
+    drop(client);
+    engine.shutdown().expect("shutdown");
+    figures
+}
