@@ -54,7 +54,7 @@ impl Entity for LocalSink {
     }
     fn handle(&mut self, _: (), _: &mut Ctx<'_, Self>) {
         self.0 += 1;
-        if self.0 % BATCH == 0 {
+        if self.0.is_multiple_of(BATCH) {
             LOCAL_HANDLED.store(self.0, Ordering::Release);
         }
     }
