@@ -447,13 +447,22 @@ impl Client {
             }
         }
         let mut replies = self.replies.borrow_mut();
-        while let Ok(env) = replies[shard].pop() {
+        let ring = &mut replies[shard];
+        // A shard with more replies for a full ring parks until told there is
+        // room (see the shard loop's `idle`).
+        let was_full = ring.slots() == ring.buffer().capacity();
+        let mut found = None;
+        while let Ok(env) = ring.pop() {
             if env.token == token {
-                return Some(env);
+                found = Some(env);
+                break;
             }
             self.file_stray(env);
         }
-        None
+        if was_full {
+            self.shared.doorbells[shard].notify();
+        }
+        found
     }
 
     /// A reply for another ask: keep it for its asker, or drop it if its asker

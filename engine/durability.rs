@@ -18,10 +18,11 @@ use crate::log::{
 /// continues.
 #[derive(Default)]
 pub(crate) struct ShardRecovery {
-    /// Live entities: (kind hash, key, version, state bytes).
-    pub(crate) live: Vec<(u64, u64, u64, Vec<u8>)>,
-    /// Deleted entities: (kind hash, key, version).
-    pub(crate) deleted: Vec<(u64, u64, u64)>,
+    /// Live entities: (kind hash, key, version, state bytes, from another
+    /// shard's log).
+    pub(crate) live: Vec<(u64, u64, u64, Vec<u8>, bool)>,
+    /// Deleted entities: (kind hash, key, version, from another shard's log).
+    pub(crate) deleted: Vec<(u64, u64, u64, bool)>,
     pub(crate) resume: LogResume,
 }
 
@@ -52,13 +53,29 @@ pub(crate) fn recover(
     })?;
     let logs = recover_data_dir(data_dir).map_err(Error::Log)?;
     let mut report = RecoveryReport::default();
-    let mut fold = Fold::<&[u8]>::new();
-    for (_, log) in &logs {
+    // The payload remembers which shard's log it came from.
+    let mut fold = Fold::<(usize, &[u8])>::new();
+    for (index, log) in &logs {
         report.log_bytes += log.log_len_bytes();
         report.torn_tails += log.torn_tails().len() as u64;
         for record in log.records() {
             report.records += 1;
-            fold.offer(&record.header, record.payload);
+            fold.offer(&record.header, (*index, record.payload));
+        }
+    }
+    // Tombstones carry no payload, so their log is found by a second look.
+    let mut tombstone_logs = std::collections::HashMap::new();
+    for (index, log) in &logs {
+        for record in log.records() {
+            if record.record_type() == crate::log::RecordType::Tombstone {
+                let id = (record.header.kind, record.header.key);
+                let at = tombstone_logs
+                    .entry(id)
+                    .or_insert((record.header.version, *index));
+                if record.header.version >= at.0 {
+                    *at = (record.header.version, *index);
+                }
+            }
         }
     }
     let mut plan: Vec<ShardRecovery> = (0..shard_count).map(|_| ShardRecovery::default()).collect();
@@ -78,13 +95,24 @@ pub(crate) fn recover(
         };
         let shard = kinds.home_shard(kind, id.key, shard_count);
         match latest.state {
-            Some(bytes) => {
+            Some((origin, bytes)) => {
                 report.entities += 1;
-                plan[shard]
-                    .live
-                    .push((id.kind, id.key, latest.version, bytes.to_vec()))
+                plan[shard].live.push((
+                    id.kind,
+                    id.key,
+                    latest.version,
+                    bytes.to_vec(),
+                    origin != shard,
+                ))
             }
-            None => plan[shard].deleted.push((id.kind, id.key, latest.version)),
+            None => {
+                let origin = tombstone_logs
+                    .get(&(id.kind, id.key))
+                    .map_or(shard, |&(_, origin)| origin);
+                plan[shard]
+                    .deleted
+                    .push((id.kind, id.key, latest.version, origin != shard))
+            }
         }
     }
     for p in &mut plan {
@@ -96,12 +124,12 @@ pub(crate) fn recover(
 
 /// Puts a shard's recovered entities in its tables.
 pub(crate) fn restore(shard: &mut Shard, recovery: &ShardRecovery) -> Result<(), String> {
-    for &(kind, key, version) in &recovery.deleted {
-        shard.restore_tombstone(kind, key, version);
+    for &(kind, key, version, foreign) in &recovery.deleted {
+        shard.restore_tombstone(kind, key, version, foreign);
     }
-    for (kind, key, version, bytes) in &recovery.live {
+    for (kind, key, version, bytes, foreign) in &recovery.live {
         shard
-            .restore(*kind, *key, *version, bytes)
+            .restore(*kind, *key, *version, bytes, *foreign)
             .map_err(|e| format!("entity {key} of kind hash {kind:#x}: {e}"))?;
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! The shard loop itself.
 
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::io::Read as _;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -8,7 +9,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use futures_lite::AsyncReadExt;
 use glommio::{LocalExecutorBuilder, Placement};
 use percore_shards::{Destination, Envelope, Shard, ShardSpec};
 use rtrb::{Consumer, Producer};
@@ -64,10 +64,7 @@ pub(crate) fn spawn_shard(
                 }
             };
             executor.run(async move {
-                let fd = init.doorbell.into_raw_fd();
-                // SAFETY: `fd` was just released by a std `UnixStream` we owned, so it is
-                // an open, connected Unix stream socket that nothing else will close.
-                let doorbell = unsafe { glommio::net::UnixStream::from_raw_fd(fd) };
+                let doorbell = init.doorbell;
                 let mut shard_loop =
                     ShardLoop::new(init.index, init.shared, init.inbound, init.outbound);
                 if let Some(recovery) = init.recovery {
@@ -178,7 +175,12 @@ impl ShardLoop {
         Ok(())
     }
 
-    async fn run(&mut self, mut doorbell: glommio::net::UnixStream) {
+    /// The loop never yields to glommio's scheduler: with nothing else on
+    /// the executor it gains nothing, and glommio 0.9 was seen to park its
+    /// reactor in `io_uring_enter` after such a yield although the task was
+    /// runnable, leaving the shard deaf to its doorbell (engine_ordering).
+    /// The doorbell is waited for with `ppoll`, the log has its own ring.
+    async fn run(&mut self, doorbell: UnixStream) {
         let idle = self.shared.config.idle;
         let mut idle_since_ns: Option<u64> = None;
         loop {
@@ -201,7 +203,6 @@ impl ShardLoop {
                     self.publish_metrics(end_ns);
                 }
                 idle_since_ns = None;
-                glommio::yield_if_needed().await;
                 continue;
             }
 
@@ -220,20 +221,19 @@ impl ShardLoop {
             }
             match idle {
                 IdlePolicy::Poll => {
-                    glommio::executor().yield_task_queue_now().await;
+                    std::hint::spin_loop();
                     continue;
                 }
                 IdlePolicy::SpinThenPark { spin_us } => {
                     let since = *idle_since_ns.get_or_insert(start_ns);
                     if start_ns - since < spin_us * 1000 && !stopping {
                         std::hint::spin_loop();
-                        glommio::yield_if_needed().await;
                         continue;
                     }
                 }
                 IdlePolicy::Park => {}
             }
-            self.park(&mut doorbell, stopping).await;
+            self.park(&doorbell, stopping);
             idle_since_ns = None;
         }
     }
@@ -246,8 +246,9 @@ impl ShardLoop {
             self.client_epoch = epoch;
             work += self.sync_clients();
         }
-        for (_, ring) in &mut self.inbound {
-            let n = ring.slots().min(RING_DRAIN_BATCH);
+        for (from, ring) in &mut self.inbound {
+            let ready = ring.slots();
+            let n = ready.min(RING_DRAIN_BATCH);
             if n > 0 {
                 let chunk = ring.read_chunk(n).expect("slots() said so");
                 for env in chunk {
@@ -255,6 +256,10 @@ impl ShardLoop {
                 }
                 self.received += n as u64;
                 work += n;
+                if ready == ring.buffer().capacity() {
+                    // The sender may have parked with more waiting for room.
+                    self.shared.doorbells[*from].notify();
+                }
             }
         }
         // Client requests wait in their rings (and their senders wait) while
@@ -383,14 +388,18 @@ impl ShardLoop {
     /// its log has nothing in flight and no output waits for it.
     fn quiet(&mut self) -> bool {
         self.idle()
+            && self.drained()
             && !self.shard.has_unresolved()
             && self.log.as_ref().is_none_or(ShardLog::is_idle)
     }
 
-    /// Whether this shard has nothing to do now: inbound rings empty, local
-    /// queue empty, nothing waiting for another shard. (Replies waiting for a
-    /// client that does not read do not hold up shutdown.) A flush in flight
-    /// does not count: its completion rings the doorbell.
+    /// Whether this shard has nothing to do now, so it may park: inbound rings
+    /// and local queue empty, and nothing waiting to be published that could
+    /// be published — an outbox whose ring is full is fine, as the consumer
+    /// rings this shard's doorbell when it drains a full ring (and the
+    /// re-check after announcing sleep pairs with that). Replies waiting for a
+    /// client that does not read do not hold the shard awake. A log flush in
+    /// flight does not count: its completion rings the doorbell.
     fn idle(&mut self) -> bool {
         self.shard.local_len() == 0
             && self.inbound.iter().all(|(_, r)| r.is_empty())
@@ -399,7 +408,19 @@ impl ShardLoop {
                     .as_ref()
                     .is_some_and(|c| c.requests.is_empty())
             })
-            && (0..self.outbound.len()).all(|d| self.shard.outbox_to_shard(d).is_empty())
+            && self.outbound.iter().enumerate().all(|(d, ring)| {
+                ring.as_ref()
+                    .is_none_or(|r| r.is_full() || self.shard.outbox_to_shard(d).is_empty())
+            })
+            && self.active.iter().all(|&slot| {
+                let ring = &self.clients[slot].as_ref().expect("active").replies;
+                ring.is_full() || self.shard.outbox_to_client(slot).is_empty()
+            })
+    }
+
+    /// Whether nothing is left to hand to other shards (shutdown waits for it).
+    fn drained(&mut self) -> bool {
+        (0..self.outbound.len()).all(|d| self.shard.outbox_to_shard(d).is_empty())
     }
 
     fn publish_quiescence(&mut self) {
@@ -425,8 +446,15 @@ impl ShardLoop {
         );
     }
 
-    /// Parks until a doorbell, a due timer, or (while stopping) a short nap.
-    async fn park(&mut self, doorbell: &mut glommio::net::UnixStream, stopping: bool) {
+    /// Parks until the doorbell rings or the next timer is due.
+    ///
+    /// The thread blocks in `ppoll(2)` on the doorbell socket rather than in
+    /// glommio's reactor: glommio 0.9's `UnixStream::read` can miss a byte that
+    /// is already in the socket and never complete (reproduced without percore;
+    /// see docs/BENCHMARKS.md's notes). A parked shard has no other task to run
+    /// on its executor, and its log writer's completions write to the same
+    /// doorbell, so blocking the thread here loses nothing.
+    fn park(&mut self, doorbell: &UnixStream, stopping: bool) {
         let shared = self.shared.clone();
         let bell = &shared.doorbells[self.index];
         bell.prepare_sleep();
@@ -439,33 +467,53 @@ impl ShardLoop {
             bell.cancel_sleep();
             return;
         }
-        let timeout = if stopping {
+        let timer = if stopping {
             None
         } else {
             self.shard
                 .next_deadline_ns()
                 .map(|d| Duration::from_nanos(d.saturating_sub(self.shared.now_ns())))
         };
+        // Defence in depth, not part of the protocol: a parked shard looks
+        // again after at most PARK_MAX, so a wakeup lost to a bug costs
+        // latency, never a hang (20 wakeups a second cost an idle shard far
+        // below 1 % of a core; see versus `idle`).
+        let timeout = Some(timer.map_or(PARK_MAX, |t| t.min(PARK_MAX)));
         if timeout == Some(Duration::ZERO) {
             bell.cancel_sleep();
             return;
         }
         self.parks += 1;
+        wait_readable(doorbell, timeout);
+        // Doorbell bytes carry no information: drain what is there without
+        // waiting; a byte that arrives later only costs one spurious pass.
         let mut buf = [0u8; 64];
-        match timeout {
-            None => {
-                let _ = doorbell.read(&mut buf).await;
-            }
-            Some(t) => {
-                let ring = async {
-                    let _ = doorbell.read(&mut buf).await;
-                };
-                let timer = glommio::timer::sleep(t);
-                futures_lite::future::or(ring, timer).await;
-            }
-        }
-        // Doorbell bytes carry no information: one read takes up to 64 of them,
-        // and a leftover byte only costs one spurious pass.
+        while matches!((&*doorbell).read(&mut buf), Ok(n) if n == buf.len()) {}
         bell.cancel_sleep();
+    }
+}
+
+/// Longest a shard stays parked without looking at its rings (see `park`).
+const PARK_MAX: Duration = Duration::from_millis(50);
+
+/// Blocks until `socket` is readable or `timeout` passes (forever if `None`).
+fn wait_readable(socket: &UnixStream, timeout: Option<Duration>) {
+    let mut fds = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `fds` is one valid pollfd, `ts_ptr` is null or points to a timespec
+    // that outlives the call, and no signal mask is passed. EINTR and errors
+    // only end the wait early, which costs one spurious pass.
+    unsafe {
+        libc::ppoll(&mut fds, 1, ts_ptr, std::ptr::null());
     }
 }

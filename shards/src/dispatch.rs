@@ -40,7 +40,10 @@ pub trait ErasedTable {
     /// # Errors
     ///
     /// The codec's message when `bytes` do not decode.
-    fn restore(&mut self, key: u64, version: u64, bytes: &[u8]) -> Result<(), String>;
+    /// With `relog`, the entity is logged again at the end of the next pass
+    /// (it came from another shard's log). Returns whether it must be marked
+    /// dirty.
+    fn restore(&mut self, key: u64, version: u64, bytes: &[u8], relog: bool) -> Result<(), String>;
     /// Remembers a recovered deletion, so the key's next life logs a higher version.
     fn restore_tombstone(&mut self, key: u64, version: u64);
     /// Runs [`Entity::recovered`] on every entity.
@@ -223,9 +226,10 @@ impl<E: Entity> ErasedTable for KindTable<E> {
         meta.dirty = false;
         d.scratch.clear();
         (d.codec.encode)(self.table.get_mut(slot), &mut d.scratch);
-        if meta.logged() == Some(&d.scratch[..]) {
+        if !meta.relog && meta.logged() == Some(&d.scratch[..]) {
             return Ok(None); // handled, but unchanged
         }
+        meta.relog = false;
         // A version is never reused, even after a failure: a prefix of a failed
         // flush may survive on disk.
         meta.version += 1;
@@ -254,7 +258,7 @@ impl<E: Entity> ErasedTable for KindTable<E> {
         }
     }
 
-    fn restore(&mut self, key: u64, version: u64, bytes: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, key: u64, version: u64, bytes: &[u8], relog: bool) -> Result<(), String> {
         let d = self.durable.as_ref().ok_or("the kind is not durable")?;
         if self.table.find(key).is_some() {
             return Err(format!("key {key} recovered twice"));
@@ -265,6 +269,8 @@ impl<E: Entity> ErasedTable for KindTable<E> {
             DurableMeta {
                 version,
                 durable: Some(bytes.to_vec()),
+                dirty: relog,
+                relog,
                 ..DurableMeta::default()
             }
         });

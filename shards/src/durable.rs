@@ -90,6 +90,9 @@ pub(crate) struct DurableMeta {
     pub(crate) pending: Vec<(u64, Vec<u8>)>,
     /// Marked for logging at the end of the pass.
     pub(crate) dirty: bool,
+    /// Log it even if unchanged: it was recovered from another shard's log,
+    /// and its new home must hold its record (with a higher version).
+    pub(crate) relog: bool,
 }
 
 impl DurableMeta {

@@ -633,25 +633,39 @@ impl Shard {
     ///
     /// When the kind is unknown or not durable, the key is recovered twice, or
     /// the payload does not decode.
+    ///
+    /// `foreign` marks an entity recovered from another shard's log (the shard
+    /// count changed): its new home logs it again, with a higher version, at
+    /// the end of its first pass, so no other shard's checkpoint can delete its
+    /// only record.
     pub fn restore(
         &mut self,
         kind_hash: u64,
         key: u64,
         version: u64,
         bytes: &[u8],
+        foreign: bool,
     ) -> Result<(), String> {
         let kind = self
             .svc
             .kinds
             .id_of_hash(kind_hash)
             .ok_or_else(|| format!("no registered kind has hash {kind_hash:#x}"))?;
-        self.tables[kind as usize].restore(key, version, bytes)
+        self.tables[kind as usize].restore(key, version, bytes, foreign)?;
+        if foreign {
+            self.svc.dirty.push((kind, key));
+        }
+        Ok(())
     }
 
-    /// Remembers a recovered deletion so the key's next life logs a higher version.
-    pub fn restore_tombstone(&mut self, kind_hash: u64, key: u64, version: u64) {
+    /// Remembers a recovered deletion so the key's next life logs a higher
+    /// version; a `foreign` one (from another shard's log) is logged again here.
+    pub fn restore_tombstone(&mut self, kind_hash: u64, key: u64, version: u64, foreign: bool) {
         if let Some(kind) = self.svc.kinds.id_of_hash(kind_hash) {
             self.tables[kind as usize].restore_tombstone(key, version);
+            if foreign {
+                self.svc.tombstones.push((kind_hash, key, version));
+            }
         }
     }
 

@@ -319,11 +319,20 @@ fn restored_entities_come_back_and_run_their_hook() {
     let mut s = shard(1, 0);
     let hash = s.kinds().get(0).hash;
     let before = RECOVERED.load(Ordering::Relaxed);
-    s.restore(hash, 9, 4, bytemuck::bytes_of(&Account { balance: 77 }))
-        .unwrap();
-    assert!(s.restore(hash, 9, 4, &[0; 8]).is_err(), "twice is an error");
+    s.restore(
+        hash,
+        9,
+        4,
+        bytemuck::bytes_of(&Account { balance: 77 }),
+        false,
+    )
+    .unwrap();
     assert!(
-        s.restore(hash, 10, 1, &[1, 2, 3]).is_err(),
+        s.restore(hash, 9, 4, &[0; 8], false).is_err(),
+        "twice is an error"
+    );
+    assert!(
+        s.restore(hash, 10, 1, &[1, 2, 3], false).is_err(),
         "bad bytes are an error"
     );
     s.run_recovered_hooks();
