@@ -268,6 +268,10 @@ impl ShardLoop {
         // always drain, so no cycle of full rings can deadlock.
         let backlog_max = self.shard.overflow_cap() / 2;
         for &slot in &self.active {
+            // Checked before each message: a handler may fan out thousands.
+            if self.shard.shard_backlog() > backlog_max {
+                break;
+            }
             let ends = self.clients[slot].as_mut().expect("active slot");
             let n = ends.requests.slots().min(RING_DRAIN_BATCH);
             if n == 0 {
@@ -278,11 +282,9 @@ impl ShardLoop {
                 .read_chunk(n)
                 .expect("slots() said so")
                 .into_iter();
-            for env in chunk.by_ref() {
+            while self.shard.shard_backlog() <= backlog_max {
+                let Some(env) = chunk.next() else { break };
                 self.shard.deliver(env);
-                if self.shard.shard_backlog() > backlog_max {
-                    break;
-                }
             }
             work += chunk.iterated();
         }
