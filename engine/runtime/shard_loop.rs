@@ -233,8 +233,10 @@ impl ShardLoop {
                 }
                 IdlePolicy::Park => {}
             }
+            // The idle spell goes on: a wake that finds nothing to do (the
+            // PARK_MAX look, a spurious byte) parks again without spinning;
+            // the spin restarts only after real work.
             self.park(&doorbell, stopping);
-            idle_since_ns = None;
         }
     }
 
