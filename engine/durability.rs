@@ -53,29 +53,25 @@ pub(crate) fn recover(
     })?;
     let logs = recover_data_dir(data_dir).map_err(Error::Log)?;
     let mut report = RecoveryReport::default();
-    // The payload remembers which shard's log it came from.
+    // The payload remembers which shard's log it came from. The fold keeps no
+    // payload for tombstones, so their newest log is noted in the same pass.
     let mut fold = Fold::<(usize, &[u8])>::new();
+    let mut tombstone_logs = std::collections::HashMap::new();
     for (index, log) in &logs {
         report.log_bytes += log.log_len_bytes();
         report.torn_tails += log.torn_tails().len() as u64;
         for record in log.records() {
             report.records += 1;
-            fold.offer(&record.header, (*index, record.payload));
-        }
-    }
-    // Tombstones carry no payload, so their log is found by a second look.
-    let mut tombstone_logs = std::collections::HashMap::new();
-    for (index, log) in &logs {
-        for record in log.records() {
+            let h = &record.header;
             if record.record_type() == crate::log::RecordType::Tombstone {
-                let id = (record.header.kind, record.header.key);
                 let at = tombstone_logs
-                    .entry(id)
-                    .or_insert((record.header.version, *index));
-                if record.header.version >= at.0 {
-                    *at = (record.header.version, *index);
+                    .entry((h.kind, h.key))
+                    .or_insert((h.version, *index));
+                if h.version >= at.0 {
+                    *at = (h.version, *index);
                 }
             }
+            fold.offer(h, (*index, record.payload));
         }
     }
     let mut plan: Vec<ShardRecovery> = (0..shard_count).map(|_| ShardRecovery::default()).collect();

@@ -52,9 +52,6 @@ pub(crate) fn spawn_shard(
                 // so the registered buffer stays at glommio's minimum.
                 .io_memory(64 << 10)
                 .ring_depth(64)
-                // Lets user tasks on the shard run at least every millisecond while
-                // the loop is busy.
-                .preempt_timer(Duration::from_millis(1))
                 .make();
             let executor = match executor {
                 Ok(ex) => ex,
@@ -246,7 +243,7 @@ impl ShardLoop {
         let epoch = self.shared.client_epoch[self.index].load(Ordering::Acquire);
         if epoch != self.client_epoch {
             self.client_epoch = epoch;
-            work += self.sync_clients();
+            self.sync_clients();
         }
         for (from, ring) in &mut self.inbound {
             let ready = ring.slots();
@@ -342,9 +339,9 @@ impl ShardLoop {
         }
     }
 
-    /// Takes the ends of newly registered clients; drains and releases the
-    /// ends of closed ones. Returns the number of envelopes drained.
-    fn sync_clients(&mut self) -> usize {
+    /// Takes the ends of newly registered clients and marks closed ones as
+    /// closing (they are released by `release_closed`).
+    fn sync_clients(&mut self) {
         for slot in 0..self.clients.len() {
             let offer = self.shared.clients[slot].offers[self.index]
                 .lock()
@@ -365,7 +362,6 @@ impl ShardLoop {
                 self.closing.push(slot);
             }
         }
-        0
     }
 
     /// Lets go of closed clients whose requests have all been handled: their
@@ -454,8 +450,8 @@ impl ShardLoop {
     ///
     /// The thread blocks in `ppoll(2)` on the doorbell socket rather than in
     /// glommio's reactor: glommio 0.9's `UnixStream::read` can miss a byte that
-    /// is already in the socket and never complete (reproduced without percore;
-    /// see docs/BENCHMARKS.md's notes). A parked shard has no other task to run
+    /// is already in the socket and never complete (reproduced without percore,
+    /// during the engine_wakeup and engine_ordering tests). A parked shard has no other task to run
     /// on its executor, and its log writer's completions write to the same
     /// doorbell, so blocking the thread here loses nothing.
     fn park(&mut self, doorbell: &UnixStream, stopping: bool) {
