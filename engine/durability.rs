@@ -1,7 +1,12 @@
-//! Durable kinds in the runtime: recovery of the data directory at start, and
-//! the bridge from a shard to its io_uring log writer.
+//! Durable kinds in the runtime: the data directory's lock, recovery of the
+//! data directory at start, and the bridge from a shard to its io_uring log
+//! writer.
 
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use percore_shards::durable::{LogRefusal, LogSink};
 use percore_shards::recovery::Fold;
@@ -14,6 +19,91 @@ use crate::log::{
     LogWriter, Storage, UringStorage,
 };
 
+/// Name of the lock file in a data directory.
+pub(crate) const LOCK_FILE_NAME: &str = "LOCK";
+
+/// An exclusive advisory lock (`flock`) on `DATA_DIR/LOCK`: one engine at a
+/// time, in this process or another, recovers and writes a data directory.
+///
+/// Taken before recovery reads anything and held for the engine's life (the
+/// engine keeps it; see [`DataDirLock::of`]). `flock` locks belong to the open
+/// file, so a second engine in the same process is refused like one in
+/// another process, and the kernel releases the lock when the holder closes
+/// the file or dies: a crash leaves no stale lock. The file holds the
+/// holder's pid while it is locked, for the error a second engine gets. The
+/// file itself is never deleted: unlinking a lock file lets two processes lock
+/// two different files of the same name.
+#[derive(Debug)]
+pub(crate) struct DataDirLock {
+    file: File,
+}
+
+impl DataDirLock {
+    /// Locks `data_dir`, which must exist.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DataDirLocked`] if another engine holds it; [`Error::Io`] if
+    /// the lock file cannot be opened or the filesystem does not lock.
+    pub(crate) fn acquire(data_dir: &Path) -> Result<Self, Error> {
+        let path = data_dir.join(LOCK_FILE_NAME);
+        // std opens with O_CLOEXEC: a child process does not inherit the lock.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                context: "opening the data directory's lock file",
+                source,
+            })?;
+        // SAFETY: `file` is an open descriptor owned here; flock only changes
+        // the lock state of its open file description.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let source = std::io::Error::last_os_error();
+            if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(Error::DataDirLocked {
+                    dir: data_dir.to_path_buf(),
+                    pid: read_pid(&path),
+                });
+            }
+            return Err(Error::Io {
+                context: "locking the data directory (flock)",
+                source,
+            });
+        }
+        // Best effort: the pid only makes a second engine's error clearer.
+        let pid = format!("{}\n", std::process::id());
+        if let Err(e) = file
+            .set_len(0)
+            .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
+        {
+            tracing::warn!(path = %path.display(), %e, "cannot write the pid into the lock file");
+        }
+        Ok(DataDirLock { file })
+    }
+
+    /// The lock recovery took, for the engine to hold while it runs (every
+    /// shard's plan shares it).
+    pub(crate) fn of(plans: &[Option<ShardRecovery>]) -> Option<Arc<DataDirLock>> {
+        plans.iter().flatten().find_map(|p| p.lock.clone())
+    }
+}
+
+impl Drop for DataDirLock {
+    /// Clears the pid; closing the file then releases the lock.
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
+}
+
+/// The pid a lock holder wrote into `path`, if it is there and readable.
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 /// What one shard starts with: the entities it now owns and where its own log
 /// continues.
 #[derive(Default)]
@@ -24,6 +114,9 @@ pub(crate) struct ShardRecovery {
     /// Deleted entities: (kind hash, key, version, from another shard's log).
     pub(crate) deleted: Vec<(u64, u64, u64, bool)>,
     pub(crate) resume: LogResume,
+    /// The data directory's lock, shared by every shard's plan until the
+    /// engine takes it over ([`DataDirLock::of`]).
+    pub(crate) lock: Option<Arc<DataDirLock>>,
 }
 
 /// Figures of a recovery, for metrics and logs.
@@ -39,9 +132,10 @@ pub struct RecoveryReport {
     pub torn_tails: u64,
 }
 
-/// Reads every shard log under `data_dir` (whatever the shard count that wrote
-/// them), folds them (highest version wins, wherever it is), and hands each
-/// entity to the shard that owns it now.
+/// Locks `data_dir` (see [`DataDirLock`]), reads every shard log under it
+/// (whatever the shard count that wrote them), folds them (highest version
+/// wins, wherever it is), and hands each entity to the shard that owns it now.
+/// The plans hold the lock.
 pub(crate) fn recover(
     data_dir: &Path,
     kinds: &Kinds,
@@ -51,6 +145,7 @@ pub(crate) fn recover(
         context: "creating the data directory",
         source,
     })?;
+    let lock = Arc::new(DataDirLock::acquire(data_dir)?);
     let logs = recover_data_dir(data_dir).map_err(Error::Log)?;
     let mut report = RecoveryReport::default();
     // The payload remembers which shard's log it came from. The fold keeps no
@@ -74,7 +169,12 @@ pub(crate) fn recover(
             fold.offer(h, (*index, record.payload));
         }
     }
-    let mut plan: Vec<ShardRecovery> = (0..shard_count).map(|_| ShardRecovery::default()).collect();
+    let mut plan: Vec<ShardRecovery> = (0..shard_count)
+        .map(|_| ShardRecovery {
+            lock: Some(lock.clone()),
+            ..ShardRecovery::default()
+        })
+        .collect();
     for (index, log) in &logs {
         if *index < shard_count {
             plan[*index].resume = log.resume();
@@ -164,10 +264,17 @@ impl ShardLog {
         };
         let storage = UringStorage::new().map_err(Error::Log)?;
         let writer = LogWriter::open(storage, dir, config, resume).map_err(Error::Log)?;
+        // What the log took up before this start counts too: otherwise restarts
+        // with a little traffic each would never checkpoint, and the log (and
+        // segments left behind by crashes) would grow without bound.
+        let bytes_since_checkpoint = match level {
+            DurabilityLevel::Off => 0,
+            _ => resume.len_bytes_since_checkpoint,
+        };
         Ok(ShardLog {
             writer,
             events: Vec::new(),
-            bytes_since_checkpoint: 0,
+            bytes_since_checkpoint,
             checkpoint_len_bytes,
             poisoned: false,
             checkpoints: 0,

@@ -216,6 +216,8 @@ pub struct Engine {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     recovery: RecoveryReport,
+    /// The data directory's lock, held while the engine lives (durable kinds).
+    _data_dir_lock: Option<Arc<durability::DataDirLock>>,
 }
 
 impl Engine {
@@ -297,6 +299,7 @@ impl Engine {
             shared: shared.clone(),
             threads: Vec::with_capacity(n),
             recovery: report,
+            _data_dir_lock: durability::DataDirLock::of(&plans),
         };
         let inits = producers
             .into_iter()

@@ -67,6 +67,15 @@ pub enum Error {
     /// The durable log could not be opened or recovered (corruption names the
     /// file and offset).
     Log(crate::log::LogError),
+    /// Another engine, in this process or another, holds the data directory:
+    /// two engines writing one directory would corrupt its logs.
+    DataDirLocked {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// The process holding it, as it wrote itself into the directory's
+        /// `LOCK` file (`None` if that could not be read).
+        pid: Option<u32>,
+    },
     /// A recovered entity could not be restored (its state does not decode).
     Recovery {
         /// The shard.
@@ -126,6 +135,22 @@ impl fmt::Display for Error {
                 write!(f, "shard {shard} panicked outside a handler: {message}")
             }
             Error::Log(e) => write!(f, "durable log: {e}"),
+            Error::DataDirLocked { dir, pid } => {
+                write!(
+                    f,
+                    "data directory {} is in use by another engine",
+                    dir.display()
+                )?;
+                match pid {
+                    Some(pid) if *pid == std::process::id() => write!(f, " in this process")?,
+                    Some(pid) => write!(f, " (process {pid})")?,
+                    None => {}
+                }
+                write!(
+                    f,
+                    "; shut that engine down first, or give this one its own data_dir"
+                )
+            }
             Error::Recovery { shard, detail } => {
                 write!(
                     f,

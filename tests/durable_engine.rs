@@ -10,7 +10,9 @@
 //!   is, with versions that keep increasing;
 //! - a `bytemuck::Pod` state round-trips with no encoding code;
 //! - durability "off" serves but recovers nothing;
-//! - changes made within one pass coalesce into fewer records than messages.
+//! - changes made within one pass coalesce into fewer records than messages;
+//! - twenty restarts with a little traffic each leave no segments behind, and
+//!   restarts after torn tails checkpoint soon enough to keep the log bounded.
 //!
 //! Two tests began as reproductions of engine bugs (since fixed): entities
 //! moved by a shard-count change lost when the shard whose log held them
@@ -18,14 +20,19 @@
 
 mod common_durable;
 
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use percore::bytemuck::{Pod, Zeroable};
-use percore::log::{recover_data_dir, RecordType};
+use percore::log::{
+    list_segments, list_shard_dirs, recover_data_dir, recover_shard, shard_dir, RecordType,
+};
 use percore::{AskError, Ctx, DurabilityLevel, DurableState, Engine, Entity};
 
-use common_durable::{durable_engine, guarded, keys_on_shard, wait_for_metrics, DataDir};
+use common_durable::{
+    durable_engine, guarded, keys_on_shard, wait_for_metrics, DataDir, SEGMENT_LEN_BYTES,
+};
 
 /// Checkpoint threshold that no test here reaches unless it means to.
 const NO_CHECKPOINT: u64 = 1 << 30;
@@ -805,4 +812,111 @@ fn durable_asks_between_entities_on_two_busy_shards_never_stall() {
         }
         engine.shutdown().unwrap();
     }
+}
+
+/// Per shard log under `dir`: its segment files and their bytes on disk.
+fn log_footprint(dir: &Path) -> Vec<(usize, u64)> {
+    list_shard_dirs(dir)
+        .unwrap()
+        .iter()
+        .map(|(_, shard)| {
+            let segments = list_segments(shard).unwrap();
+            let bytes = segments
+                .iter()
+                .map(|(_, path)| std::fs::metadata(path).unwrap().len())
+                .sum();
+            (segments.len(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn twenty_restarts_with_a_little_traffic_each_leave_no_segments_behind() {
+    let dir = DataDir::new("restarts");
+    let path = dir.path().to_path_buf();
+    guarded("twenty lives with a little traffic each", move || {
+        for life in 1..=20u64 {
+            let engine = cell_engine(&path, 2);
+            let client = engine.client().unwrap();
+            for key in 0..8 {
+                assert_eq!(
+                    client.ask::<Cell>(key, CellMsg::Add(1)).unwrap(),
+                    (life, life),
+                    "cell {key} in life {life}"
+                );
+            }
+            drop(client);
+            engine.shutdown().unwrap();
+            let footprint = log_footprint(&path);
+            assert_eq!(footprint.len(), 2);
+            for (shard, &(files, bytes)) in footprint.iter().enumerate() {
+                // The segment written and the one prepared ahead of it.
+                assert!(
+                    files <= 2 && bytes <= 2 * SEGMENT_LEN_BYTES,
+                    "life {life}, shard {shard}: {files} segments, {bytes} bytes"
+                );
+            }
+        }
+    });
+}
+
+/// Writes garbage after the last record of the shard log in `shard`, as a
+/// power failure in the middle of a flush leaves it: that segment cannot be
+/// appended to.
+fn tear_tail(shard: &Path) {
+    let recovered = recover_shard(shard).unwrap();
+    let (path, valid_len) = recovered
+        .segments()
+        .filter(|&(_, _, valid_len)| valid_len > 0)
+        .map(|(_, path, valid_len)| (path.to_path_buf(), valid_len))
+        .last()
+        .expect("a segment holds records");
+    drop(recovered);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(&[0xee; 48], valid_len as u64)
+        .unwrap();
+}
+
+#[test]
+fn restarts_after_torn_tails_checkpoint_and_reclaim_the_segments_they_leave() {
+    let dir = DataDir::new("torn-restarts");
+    let path = dir.path().to_path_buf();
+    guarded("twenty lives, each ending in a torn tail", move || {
+        let mut checkpoints = 0;
+        for life in 1..=20u64 {
+            // Checkpoints every two segments' worth: each torn tail leaves
+            // most of a segment unused, and that counts.
+            let engine = durable_engine(&path, 1, 2 * SEGMENT_LEN_BYTES)
+                .register_durable::<Cell>()
+                .build()
+                .unwrap();
+            // The last life's torn tail, and those of torn segments no
+            // checkpoint has deleted yet.
+            assert_eq!(engine.recovery().torn_tails > 0, life > 1);
+            let client = engine.client().unwrap();
+            for key in 0..8 {
+                assert_eq!(
+                    client.ask::<Cell>(key, CellMsg::Add(1)).unwrap(),
+                    (life, life),
+                    "cell {key} in life {life}"
+                );
+            }
+            drop(client);
+            checkpoints += engine.shutdown().unwrap().total().checkpoints;
+            tear_tail(&shard_dir(&path, 0));
+            // At most: two torn segments, the one written last and the one
+            // prepared ahead; the next start checkpoints and deletes the first
+            // three.
+            let footprint = log_footprint(&path);
+            let (files, bytes) = footprint[0];
+            assert!(
+                files <= 4 && bytes <= 4 * SEGMENT_LEN_BYTES,
+                "life {life}: {files} segments, {bytes} bytes ({checkpoints} checkpoints)"
+            );
+        }
+        assert!(checkpoints >= 5, "only {checkpoints} checkpoints");
+    });
 }

@@ -1,15 +1,20 @@
 //! Recovery of shard logs: torn tails are discarded, damage before the tail is an
 //! error naming file and offset, checkpoints interrupted by a crash still
 //! recover, logs of any number of shards fold to one state per entity, and no
-//! acknowledged record is lost whatever faults and crashes happen.
+//! acknowledged record is lost whatever faults and crashes happen. Recovery
+//! reads records, not the preallocated zeroes after them, and restarts continue
+//! the last segment rather than leave segments behind.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use percore::log::{
     list_segments, record_len, recover_data_dir, recover_shard, segment_path, shard_dir, CrashMode,
-    FaultRates, Fold, LogConfig, LogError, LogEvent, LogRecord, LogResume, LogWriter, RecordType,
-    SimImage, SimOpKind, SimStorage, UringStorage, RECORD_HEADER_LEN,
+    FaultRates, Fold, LogConfig, LogError, LogEvent, LogPosition, LogRecord, LogResume, LogWriter,
+    RecordType, SimImage, SimOpKind, SimStorage, UringStorage, RECORD_HEADER_LEN,
 };
 
 struct Scratch(PathBuf);
@@ -100,10 +105,73 @@ fn write_separate_flushes(shard: &Path, n: u64) -> Vec<u64> {
     offsets
 }
 
+/// Flips one bit in place: the rest of the file is left as it is, so its
+/// preallocated remainder stays unwritten.
 fn flip_bit(path: &Path, offset: u64, bit: u8) {
-    let mut bytes = std::fs::read(path).unwrap();
-    bytes[offset as usize] ^= 1 << bit;
-    std::fs::write(path, bytes).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    byte[0] ^= 1 << bit;
+    file.write_all_at(&byte, offset).unwrap();
+}
+
+/// Whether `path` holds data at or after `offset`, as `SEEK_DATA` reports it:
+/// a preallocated range never written, and never read, is not data; once read
+/// it is (its zeroes are in the page cache).
+fn data_after(path: &Path, offset: u64) -> bool {
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: lseek on a descriptor open for the duration of the call.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
+    if at < 0 {
+        let err = std::io::Error::last_os_error();
+        assert_eq!(err.raw_os_error(), Some(libc::ENXIO), "SEEK_DATA: {err}");
+    }
+    at >= 0
+}
+
+/// Whether the filesystem under `dir` reports preallocated, unwritten space and
+/// punched holes as holes; the tests that rely on it say so and pass otherwise.
+fn reports_holes(dir: &Path) -> bool {
+    let path = dir.join("hole-probe");
+    let file = std::fs::File::create(&path).unwrap();
+    // SAFETY: fallocate on a descriptor open for the duration of the call.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, 1 << 20) };
+    file.write_all_at(b"data", 0).unwrap();
+    file.sync_all().unwrap();
+    let holes = rc == 0 && !data_after(&path, 4096);
+    std::fs::remove_file(&path).unwrap();
+    if !holes {
+        eprintln!(
+            "{}: the filesystem does not report holes; skipped",
+            dir.display()
+        );
+    }
+    holes
+}
+
+/// Makes `len` bytes at `offset` a hole, as a filesystem that stores blocks of
+/// zeroes as holes (ZFS with compression) would.
+fn punch_hole(path: &Path, offset: u64, len: u64) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate on a descriptor open for the duration of the call.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+fn next_page(offset: u64) -> u64 {
+    offset.next_multiple_of(4096)
 }
 
 #[test]
@@ -513,4 +581,306 @@ fn random_faults_and_crashes_never_lose_an_acknowledged_record() {
     assert!(poisonings > 0, "no fsync failure happened");
     assert!(torn_tails > 0, "no torn tail happened");
     assert!(acked > 1000, "only {acked} records acknowledged");
+}
+
+#[test]
+fn recovery_skips_the_preallocated_remainder_of_segments() {
+    let scratch = Scratch::new("zero_remainder");
+    if !reports_holes(&scratch.0) {
+        return;
+    }
+    let shard = scratch.shard();
+    let segment_len_bytes = 4 << 20;
+    // Four writers that each start a new segment (as every writer did before
+    // writers continued the last one) leave eight mostly empty segments.
+    let mut events = Vec::new();
+    let mut version = 0;
+    for _ in 0..4 {
+        let mut resume = recover_shard(&shard).unwrap().resume();
+        resume.reuse_from = None;
+        let mut log = LogWriter::open(
+            UringStorage::new().unwrap(),
+            &shard,
+            config(segment_len_bytes),
+            &resume,
+        )
+        .unwrap();
+        for _ in 0..50 {
+            version += 1;
+            log.append(&state(version % 7, version, &payload(version)))
+                .unwrap();
+        }
+        log.sync_all(&mut events).unwrap();
+    }
+    assert_eq!(list_segments(&shard).unwrap().len(), 8);
+
+    let started = Instant::now();
+    let recovered = recover_shard(&shard).unwrap();
+    eprintln!(
+        "recovered {} records from 8 segments of {segment_len_bytes} bytes in {:?}",
+        recovered.record_count(),
+        started.elapsed()
+    );
+    assert_eq!(versions(&shard), (1..=200).collect::<Vec<_>>());
+    assert!(recovered.torn_tails().is_empty());
+    // The log's length is its records', not its segments'.
+    let records_len: usize = recovered.records().map(|r| r.len_bytes()).sum();
+    assert_eq!(recovered.log_len_bytes(), records_len as u64);
+    assert_eq!(recovered.record_count(), 200 + 4);
+    // Had recovery read the zeroes after the records, the page cache would
+    // now hold them and SEEK_DATA would report them as data.
+    for (seq, path, valid_len) in recovered.segments() {
+        assert!(
+            !data_after(path, next_page(valid_len as u64)),
+            "segment {seq} was read past its records"
+        );
+    }
+}
+
+#[test]
+fn zeroes_after_the_records_end_the_log_and_damage_before_them_is_still_an_error() {
+    let scratch = Scratch::new("zero_end");
+    let offsets = write_separate_flushes(&scratch.shard(), 10);
+    let segment = segment_path(&scratch.shard(), 0);
+    let end = offsets[9] + record_len(payload(9).len()) as u64;
+    let recovered = recover_shard(&scratch.shard()).unwrap();
+    assert!(recovered.torn_tails().is_empty());
+    assert_eq!(recovered.log_len_bytes(), end);
+    assert_eq!(
+        recovered.resume().reuse_from,
+        Some(LogPosition {
+            segment_seq: 0,
+            offset: end
+        })
+    );
+    drop(recovered);
+    // A bit flipped before the tail is reported, the zeroes after it are not
+    // taken for part of the log.
+    flip_bit(&segment, offsets[3] + 20, 1);
+    let err = recover_shard(&scratch.shard()).unwrap_err();
+    assert!(
+        matches!(&err, LogError::Corrupt { path, offset, .. } if *path == segment && *offset == offsets[3]),
+        "{err:?}"
+    );
+    flip_bit(&segment, offsets[3] + 20, 1);
+    // Garbage after the last record, where zeroes were: a torn tail, and a
+    // writer does not append after it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .write_all_at(&[0xab; 40], end)
+        .unwrap();
+    let recovered = recover_shard(&scratch.shard()).unwrap();
+    assert_eq!(recovered.torn_tails().len(), 1);
+    assert_eq!(recovered.torn_tails()[0].offset, end);
+    assert_eq!(recovered.log_len_bytes(), end);
+    let resume = recovered.resume();
+    assert_ne!(resume.reuse_from.map(|at| at.segment_seq), Some(0));
+}
+
+#[test]
+fn a_record_running_into_a_hole_is_read_whole_and_still_exposes_damage_before_it() {
+    let scratch = Scratch::new("record_into_hole");
+    if !reports_holes(&scratch.0) {
+        return;
+    }
+    let shard = scratch.shard();
+    let mut log = LogWriter::open(
+        UringStorage::new().unwrap(),
+        &shard,
+        config(1 << 20),
+        &LogResume::default(),
+    )
+    .unwrap();
+    let mut events = Vec::new();
+    let small = payload(1);
+    let mut big = vec![0u8; 32 << 10];
+    big[0] = 0x5a;
+    log.append(&state(1, 1, &small)).unwrap();
+    log.sync_all(&mut events).unwrap();
+    log.append(&state(2, 2, &big)).unwrap();
+    log.sync_all(&mut events).unwrap();
+    drop(log);
+    let small_at = RECORD_HEADER_LEN as u64;
+    let big_at = small_at + record_len(small.len()) as u64;
+    let big_end = big_at + record_len(big.len()) as u64;
+    // The big record ends in zeroes that the filesystem now keeps as a hole:
+    // its data seems to end before the record does.
+    let segment = segment_path(&shard, 0);
+    let hole_at = next_page(big_at + RECORD_HEADER_LEN as u64 + 1);
+    punch_hole(&segment, hole_at, next_page(big_end) - hole_at);
+    assert!(!data_after(&segment, hole_at));
+
+    let recovered = recover_shard(&shard).unwrap();
+    assert!(
+        recovered.torn_tails().is_empty(),
+        "{:?}",
+        recovered.torn_tails()
+    );
+    let payloads: Vec<Vec<u8>> = recovered
+        .records()
+        .filter(|r| r.record_type() == RecordType::State)
+        .map(|r| r.payload.to_vec())
+        .collect();
+    assert_eq!(payloads, [small.clone(), big.clone()]);
+    assert_eq!(recovered.log_len_bytes(), big_end);
+    drop(recovered);
+
+    // Damage to the first record: the big one, a later flush, proves it was
+    // acknowledged, though most of it lies in the hole.
+    flip_bit(&segment, small_at + RECORD_HEADER_LEN as u64, 3);
+    let err = recover_shard(&shard).unwrap_err();
+    assert!(
+        matches!(&err, LogError::Corrupt { offset, .. } if *offset == small_at),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn twenty_restarts_append_to_the_last_segment_instead_of_leaving_segments_behind() {
+    let scratch = Scratch::new("restarts");
+    let shard = scratch.shard();
+    let segment_len_bytes = 64 << 10;
+    let mut events = Vec::new();
+    let mut version = 0;
+    for round in 0..20 {
+        let recovered = recover_shard(&shard).unwrap();
+        let resume = recovered.resume();
+        drop(recovered);
+        if round > 0 {
+            let at = resume.reuse_from.expect("the last segment ended cleanly");
+            assert!(at.offset > 0, "round {round}: {at:?}");
+        }
+        let mut log = LogWriter::open(
+            UringStorage::new().unwrap(),
+            &shard,
+            config(segment_len_bytes),
+            &resume,
+        )
+        .unwrap();
+        for _ in 0..3 {
+            version += 1;
+            log.append(&state(version % 5, version, &payload(version)))
+                .unwrap();
+        }
+        log.sync_all(&mut events).unwrap();
+        drop(log);
+        // The segment written and the one prepared ahead of it, every time.
+        let segments = list_segments(&shard).unwrap();
+        let bytes: u64 = segments
+            .iter()
+            .map(|(_, path)| std::fs::metadata(path).unwrap().len())
+            .sum();
+        assert_eq!(segments.len(), 2, "round {round}");
+        assert_eq!(bytes, 2 * segment_len_bytes, "round {round}");
+    }
+    let recovered = recover_shard(&shard).unwrap();
+    assert!(recovered.torn_tails().is_empty());
+    let markers = recovered
+        .records()
+        .filter(|r| r.record_type() == RecordType::Resume)
+        .count();
+    assert_eq!(markers, 1, "only the first writer started a segment");
+    drop(recovered);
+    assert_eq!(versions(&shard), (1..=60).collect::<Vec<_>>());
+}
+
+#[test]
+fn after_a_torn_tail_the_writer_reuses_the_empty_segment_and_the_waste_counts_towards_a_checkpoint()
+{
+    let scratch = Scratch::new("torn_restart");
+    let shard = scratch.shard();
+    let segment_len_bytes = 64 << 10;
+    let open = |resume: &LogResume| {
+        LogWriter::open(
+            UringStorage::new().unwrap(),
+            &shard,
+            config(segment_len_bytes),
+            resume,
+        )
+        .unwrap()
+    };
+    let recover = || {
+        let recovered = recover_shard(&shard).unwrap();
+        (recovered.resume(), recovered.log_len_bytes())
+    };
+    let mut events = Vec::new();
+    let mut log = open(&LogResume::default());
+    for version in 1..=10 {
+        log.append(&state(version % 3, version, &payload(version)))
+            .unwrap();
+    }
+    log.sync_all(&mut events).unwrap();
+    drop(log);
+    let (resume, len) = recover();
+    assert_eq!(
+        resume.reuse_from,
+        Some(LogPosition {
+            segment_seq: 0,
+            offset: len
+        })
+    );
+    assert_eq!(resume.len_bytes_since_checkpoint, len);
+
+    // A torn write after the records: segment 0 cannot be appended to. The
+    // writer starts in segment 1, which the last one prepared and left empty,
+    // and segment 0's unwritten rest counts as used.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(segment_path(&shard, 0))
+        .unwrap()
+        .write_all_at(&[0xcd; 24], len)
+        .unwrap();
+    let (resume, _) = recover();
+    assert_eq!(
+        resume.reuse_from,
+        Some(LogPosition {
+            segment_seq: 1,
+            offset: 0
+        })
+    );
+    assert_eq!(resume.next_segment_seq, 2);
+    assert_eq!(resume.len_bytes_since_checkpoint, segment_len_bytes);
+    let mut log = open(&resume);
+    for version in 11..=12 {
+        log.append(&state(version % 3, version, &payload(version)))
+            .unwrap();
+    }
+    log.sync_all(&mut events).unwrap();
+    drop(log);
+    let (resume, _) = recover();
+    assert_eq!(list_segments(&shard).unwrap().len(), 3);
+    let at = resume.reuse_from.expect("segment 1 ended cleanly");
+    assert_eq!(at.segment_seq, 1);
+    assert_eq!(
+        resume.len_bytes_since_checkpoint,
+        segment_len_bytes + at.offset
+    );
+
+    // A checkpoint reclaims segment 0 and 1 and restarts the count.
+    let mut log = open(&resume);
+    let first_seq = log.begin_checkpoint().unwrap();
+    for key in 0..3 {
+        let version = 10 + key;
+        log.append(&state(key, version, &payload(version))).unwrap();
+    }
+    log.finish_checkpoint().unwrap();
+    events.clear();
+    log.sync_all(&mut events).unwrap();
+    assert!(events.iter().any(|e| matches!(
+        e,
+        LogEvent::Checkpointed {
+            segments_deleted: 2,
+            ..
+        }
+    )));
+    drop(log);
+    let (resume, _) = recover();
+    assert_eq!(resume.len_bytes_since_checkpoint, 0);
+    assert_eq!(resume.reuse_from.map(|at| at.segment_seq), Some(first_seq));
+    assert!(list_segments(&shard)
+        .unwrap()
+        .iter()
+        .all(|(seq, _)| *seq >= first_seq));
 }

@@ -8,9 +8,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use percore::log::{
-    list_segments, recover_shard, AppendError, CrashMode, Durability, Fold, LogConfig, LogError,
-    LogEvent, LogRecord, LogResume, LogWriter, RecordType, SimFault, SimOpKind, SimStorage,
-    Storage, UringStorage,
+    list_segments, recover_shard, segment_path, AppendError, CrashMode, Durability, Fold,
+    LogConfig, LogError, LogEvent, LogPosition, LogRecord, LogResume, LogWriter, RecordHeader,
+    RecordType, SimFault, SimOpKind, SimStorage, Storage, UringStorage, RECORD_HEADER_LEN,
 };
 
 /// A fresh directory under cargo's per-target scratch space, removed when the
@@ -601,4 +601,75 @@ fn dropping_a_writer_waits_for_its_flush_in_flight() {
     log.poll(&mut events); // submits one flush with all 20 records
     drop(log);
     assert_eq!(recovered_states(&scratch.shard()), expected_states(0..20));
+}
+
+/// The header of the first record of `bytes`, a segment (read in place; its
+/// CRC is not checked).
+fn first_header(bytes: &[u8]) -> RecordHeader {
+    let header: RecordHeader = percore::bytemuck::pod_read_unaligned(&bytes[..RECORD_HEADER_LEN]);
+    assert_eq!(&header.magic.to_le_bytes(), b"PCLR", "a record starts here");
+    header
+}
+
+#[test]
+fn a_writer_appends_to_the_segment_it_is_told_to_continue() {
+    let dir = Path::new("/sim/continue/shard-000");
+    let mut log =
+        LogWriter::open(SimStorage::new(), dir, config(8192), &LogResume::default()).unwrap();
+    let mut events = Vec::new();
+    log.append(&state(0, &payload(0))).unwrap();
+    log.sync_all(&mut events).unwrap();
+    let image = log.storage().crash(CrashMode::LoseUnsynced);
+    let end = 64 + percore::log::record_len(payload(0).len()) as u64;
+
+    let resume = LogResume {
+        next_lsn: 2,
+        next_segment_seq: 2,
+        segments: vec![0, 1],
+        reuse_from: Some(LogPosition {
+            segment_seq: 0,
+            offset: end,
+        }),
+        ..LogResume::default()
+    };
+    let mut log =
+        LogWriter::open(SimStorage::from_image(&image), dir, config(8192), &resume).unwrap();
+    log.append(&state(1, &payload(1))).unwrap();
+    log.sync_all(&mut events).unwrap();
+    // No new segment, no marker: the record follows the first writer's.
+    let segment0 = segment_path(dir, 0);
+    assert_eq!(log.storage().paths().len(), 2);
+    let bytes = log.storage().file(&segment0).unwrap();
+    assert_eq!(
+        &bytes[..end as usize],
+        &image.files()[&segment0][..end as usize]
+    );
+    let appended = first_header(&bytes[end as usize..]);
+    assert_eq!(appended.record_type, RecordType::State as u8);
+    assert_eq!((appended.lsn, appended.batch_offset), (2, end));
+    assert_eq!(first_header(bytes).record_type, RecordType::Resume as u8);
+}
+
+#[test]
+fn a_segment_to_continue_that_cannot_be_opened_is_skipped_behind_a_resume_marker() {
+    let dir = Path::new("/sim/missing/shard-000");
+    let resume = LogResume {
+        next_lsn: 10,
+        next_segment_seq: 4,
+        segments: vec![3],
+        reuse_from: Some(LogPosition {
+            segment_seq: 3,
+            offset: 512,
+        }),
+        ..LogResume::default()
+    };
+    // Segment 3 is not on the (simulated) disk.
+    let mut log = LogWriter::open(SimStorage::new(), dir, config(8192), &resume).unwrap();
+    let mut events = Vec::new();
+    let lsn = log.append(&state(0, &payload(0))).unwrap();
+    log.sync_all(&mut events).unwrap();
+    assert_eq!(durable(&events), [10, lsn]);
+    let bytes = log.storage().file(&segment_path(dir, 4)).unwrap();
+    assert_eq!(first_header(bytes).record_type, RecordType::Resume as u8);
+    assert!(log.storage().file(&segment_path(dir, 3)).is_none());
 }

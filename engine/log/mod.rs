@@ -12,19 +12,21 @@
 //!   `ENOSPC`) in tests. It reports durable LSNs as [`LogEvent`]s; a failed fsync
 //!   poisons the log; a full disk is a retryable error. It can wake a parked shard
 //!   thread by writing a byte to a socket after each flush.
-//! - [`recover_shard`]: maps a shard's segments with memmap2, checks every
-//!   record, discards a torn tail and reports corruption before the tail as an
-//!   error naming the file and byte offset. Records are handed out in log order,
-//!   borrowing from the mappings.
+//! - [`recover_shard`]: maps a shard's segments with memmap2 (up to the end of
+//!   their data: the preallocated remainder is neither mapped nor scanned),
+//!   checks every record, discards a torn tail and reports corruption before the
+//!   tail as an error naming the file and byte offset. Records are handed out in
+//!   log order, borrowing from the mappings.
 //! - Checkpoints ([`LogWriter::begin_checkpoint`]) rewrite the live entities to a
 //!   fresh segment and delete what it supersedes, in a crash-safe order.
 //!
 //! Recovery of a data directory: recover every shard directory (whatever the
 //! current shard count), [`Fold::offer`] every record, then hand each live entity
-//! to the shard that owns its key now ([`Fold::into_owned_by`]); then open one
-//! writer per shard with [`LogWriter::open`] and the shard's
-//! [`RecoveredShard::resume`] (a shard without an old log starts from
-//! [`LogResume::default`]).
+//! to the shard that owns its key now ([`Fold::into_owned_by`]); then drop the
+//! recovered logs and open one writer per shard with [`LogWriter::open`] and the
+//! shard's [`RecoveredShard::resume`] (a shard without an old log starts from
+//! [`LogResume::default`]). A writer continues the last segment when its records
+//! end cleanly, so restarts do not leave segments behind.
 //!
 //! ```
 //! use percore::log::{LogConfig, LogEvent, LogRecord, LogResume, LogWriter, SimStorage};
@@ -57,9 +59,9 @@ pub use sim::{CrashMode, FaultRates, SimFault, SimImage, SimOpKind, SimStorage};
 pub use storage::{Completion, FileId, Link, Op, Storage, Submission};
 pub use uring::{UringStorage, URING_ENTRIES};
 pub use writer::{
-    Durability, LogConfig, LogEvent, LogRecord, LogResume, LogWriter, BATCH_LEN_BYTES_DEFAULT,
-    BATCH_LEN_BYTES_MAX, SEGMENT_LEN_BYTES_DEFAULT, SEGMENT_LEN_BYTES_MAX, SEGMENT_LEN_BYTES_MIN,
-    STAGED_LEN_BYTES_DEFAULT, WRITE_STALLS_MAX,
+    Durability, LogConfig, LogEvent, LogPosition, LogRecord, LogResume, LogWriter,
+    BATCH_LEN_BYTES_DEFAULT, BATCH_LEN_BYTES_MAX, SEGMENT_LEN_BYTES_DEFAULT, SEGMENT_LEN_BYTES_MAX,
+    SEGMENT_LEN_BYTES_MIN, STAGED_LEN_BYTES_DEFAULT, WRITE_STALLS_MAX,
 };
 
 pub use percore_shards::record::{

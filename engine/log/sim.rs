@@ -499,6 +499,15 @@ impl Storage for SimStorage {
         Ok(FileId::new(self.files.len() as u32 - 1))
     }
 
+    fn open_file(&mut self, path: &Path) -> io::Result<FileId> {
+        // A file keeps its index: handles are never reused, and closing is a no-op.
+        let i = self
+            .live(path)
+            .filter(|&i| !self.files[i].is_dir)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        Ok(FileId::new(i as u32))
+    }
+
     fn open_dir(&mut self, path: &Path) -> io::Result<FileId> {
         self.files.push(SimFile {
             path: path.to_path_buf(),

@@ -124,7 +124,7 @@ pub struct Completion {
 /// Where the log's bytes go: a real io_uring or a simulation.
 ///
 /// Used from one thread. Synchronous methods are for rare metadata work (opening a
-/// new segment, removing superseded ones); everything on the data path is an
+/// segment, removing superseded ones); everything on the data path is an
 /// [`Op`].
 pub trait Storage {
     /// Creates `path` and its missing parents and makes the new names durable.
@@ -140,6 +140,15 @@ pub trait Storage {
     ///
     /// The OS error; `EEXIST` if the file exists.
     fn create_file(&mut self, path: &Path) -> io::Result<FileId>;
+
+    /// Opens an existing file for writing, without creating or truncating it: a
+    /// segment the writer continues (see
+    /// [`LogResume::reuse_from`](super::LogResume::reuse_from)).
+    ///
+    /// # Errors
+    ///
+    /// The OS error; `ENOENT` if the file does not exist.
+    fn open_file(&mut self, path: &Path) -> io::Result<FileId>;
 
     /// Opens a directory so that [`Op::FsyncDir`] can sync it.
     ///

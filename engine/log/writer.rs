@@ -53,8 +53,17 @@
 //! Segments are `SHARD_DIR/SEQUENCE.log`, created with `O_EXCL`, preallocated
 //! with `fallocate` and made durable by syncing the directory, all through the
 //! ring; the writer prepares the next segment ahead of time so rotation does not
-//! wait for it. Every writer starts a fresh segment that begins with a `Resume`
-//! marker, so a torn tail left by a crash is recognised as such later.
+//! wait for it.
+//!
+//! A new writer continues where recovery says it may
+//! ([`LogResume::reuse_from`]): when the last segment's records end cleanly, with
+//! nothing but zeroes after them, it appends right there — a buffered write
+//! rewrites no acknowledged byte, and what follows a clean end is never read as
+//! part of the log, so this is the same as one writer that never stopped. Otherwise
+//! (a torn tail, or no log yet) it starts a segment with a `Resume` marker, so the
+//! torn tail is recognised as such later; that segment is the first of those the
+//! last writer left empty (prepared ahead) when there is one, a new one otherwise.
+//! So restarts do not leave a mostly empty segment behind each time.
 //!
 //! # Checkpoints
 //!
@@ -83,7 +92,8 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use percore_shards::record::{
-    encode, record_len, RecordFields, RecordType, RECORD_HEADER_LEN, RECORD_PAYLOAD_LEN_MAX,
+    encode, record_len, RecordFields, RecordType, RECORD_ALIGN, RECORD_HEADER_LEN,
+    RECORD_PAYLOAD_LEN_MAX,
 };
 
 use super::segment::segment_path;
@@ -225,6 +235,31 @@ pub struct LogResume {
     /// Sequences of segments a completed checkpoint superseded but a crash left
     /// behind; the writer deletes them when it opens.
     pub superseded: Vec<u64>,
+    /// Where the writer continues in existing segments rather than in a new
+    /// segment `next_segment_seq`: the end of the last segment's records when
+    /// only zeroes follow them (the writer appends there), or else the start of
+    /// the first of the trailing segments that hold nothing at all (it starts
+    /// there with a `Resume` marker). Every existing segment from there on holds
+    /// only zeroes past this position and is written again rather than left
+    /// behind. `None`: start a new segment.
+    pub reuse_from: Option<LogPosition>,
+    /// Segment bytes the log has taken up since its last completed checkpoint
+    /// (since its first segment without one) up to where the writer continues:
+    /// records, and the unwritten rest of every segment that will not be written
+    /// again. The engine counts it towards its next checkpoint, so restarts with
+    /// a little traffic each still checkpoint and the segments left behind by
+    /// crashes are reclaimed.
+    pub len_bytes_since_checkpoint: u64,
+}
+
+/// A position in a shard's log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogPosition {
+    /// Segment sequence.
+    pub segment_seq: u64,
+    /// Byte offset in the segment, a multiple of
+    /// [`RECORD_ALIGN`](percore_shards::record::RECORD_ALIGN).
+    pub offset: u64,
 }
 
 /// A change to log.
@@ -373,6 +408,9 @@ pub struct LogWriter<S: Storage> {
     segments: VecDeque<Segment>,
     /// Every segment sequence that may exist on disk.
     known_segments: BTreeSet<u64>,
+    /// Existing segments that hold only zeroes and are opened, not created, when
+    /// the writer gets to them (from [`LogResume::reuse_from`]).
+    reusable: BTreeSet<u64>,
     flush: Option<Flush>,
     checkpoint: Checkpoint,
     deletion: Option<Deletion>,
@@ -402,8 +440,13 @@ impl<S: Storage> std::fmt::Debug for LogWriter<S> {
 
 impl<S: Storage> LogWriter<S> {
     /// Opens the writer of the log in `shard_dir` (created if missing), continuing
-    /// after `resume`. Stages a `Resume` marker at the head of a fresh segment and
-    /// deletes the segments `resume` says are superseded.
+    /// after `resume`: appends to the last segment, or stages a `Resume` marker at
+    /// the head of an empty segment (see [`LogResume::reuse_from`]); deletes the
+    /// segments `resume` says are superseded.
+    ///
+    /// When `resume` comes from recovery, drop the
+    /// [`RecoveredShard`](super::RecoveredShard) first: the writer may append to a
+    /// segment it maps.
     ///
     /// # Errors
     ///
@@ -429,6 +472,13 @@ impl<S: Storage> LogWriter<S> {
         } else {
             None
         };
+        let reuse_from = resume
+            .reuse_from
+            .filter(|at| at.offset % RECORD_ALIGN as u64 == 0);
+        let start = reuse_from.unwrap_or(LogPosition {
+            segment_seq: resume.next_segment_seq,
+            offset: 0,
+        });
         let mut writer = Self {
             storage,
             dir: shard_dir.to_path_buf(),
@@ -437,14 +487,15 @@ impl<S: Storage> LogWriter<S> {
             next_lsn: resume.next_lsn,
             watermark: resume.next_lsn,
             cursor: Cursor {
-                seq: resume.next_segment_seq,
-                offset: 0,
+                seq: start.segment_seq,
+                offset: start.offset,
             },
             staged: VecDeque::new(),
             staged_len_bytes: 0,
             free_buffers: Vec::new(),
             segments: VecDeque::new(),
             known_segments: resume.segments.iter().copied().collect(),
+            reusable: BTreeSet::new(),
             flush: None,
             checkpoint: Checkpoint::Idle,
             deletion: None,
@@ -456,8 +507,18 @@ impl<S: Storage> LogWriter<S> {
             events: Vec::with_capacity(8),
         };
         if logging {
+            if let Some(at) = reuse_from {
+                writer.reusable = (resume.segments.iter().copied())
+                    .filter(|&seq| seq >= at.segment_seq)
+                    .collect();
+                if at.offset > 0 {
+                    writer.continue_segment(at);
+                }
+            }
             writer.ensure_segment(writer.cursor.seq);
-            writer.stage_resume();
+            if writer.cursor.offset == 0 {
+                writer.stage_resume();
+            }
             if !resume.superseded.is_empty() {
                 let first_seq = resume.next_segment_seq.min(
                     resume
@@ -753,6 +814,40 @@ impl<S: Storage> LogWriter<S> {
         self.staged_len_bytes += len;
         debug_assert!(self.cursor.offset <= self.config.segment_len_bytes);
         lsn
+    }
+
+    /// Opens segment `at.segment_seq`, whose records end at `at.offset` with only
+    /// zeroes after them, to append there. It needs no preparation: it was
+    /// preallocated and its name made durable before its first record was
+    /// written. If it cannot be opened, the writer starts in the next segment.
+    fn continue_segment(&mut self, at: LogPosition) {
+        let seq = at.segment_seq;
+        self.reusable.remove(&seq);
+        let path = segment_path(&self.dir, seq);
+        match self.storage.open_file(&path) {
+            Ok(file) => {
+                self.segments.push_back(Segment {
+                    seq,
+                    path,
+                    file: Some(file),
+                    state: SegState::Ready,
+                });
+                debug_assert_eq!(
+                    self.cursor,
+                    Cursor {
+                        seq,
+                        offset: at.offset
+                    }
+                );
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), %e, "cannot reopen the last log segment; starting the next one");
+                self.cursor = Cursor {
+                    seq: seq + 1,
+                    offset: 0,
+                };
+            }
+        }
     }
 
     fn stage_resume(&mut self) {
@@ -1096,7 +1191,17 @@ impl<S: Storage> LogWriter<S> {
             return;
         };
         let (seq, path) = (self.segments[index].seq, self.segments[index].path.clone());
-        let file = match self.storage.create_file(&path) {
+        let file = if self.reusable.remove(&seq) {
+            // Preallocating and syncing the directory again is cheap and covers a
+            // segment whose own preparation a crash interrupted.
+            match self.storage.open_file(&path) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.storage.create_file(&path),
+                opened => opened,
+            }
+        } else {
+            self.storage.create_file(&path)
+        };
+        let file = match file {
             Ok(file) => file,
             Err(e) => {
                 let errno = e.raw_os_error().unwrap_or(libc::EIO);
