@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use percore_shards::envelope::{SenderId, CLIENT_BIT};
 use percore_shards::table::KeyMap;
-use percore_shards::{AskError, Entity, Envelope, KindId, Op};
+use percore_shards::{AskError, Entity, Envelope, KindId, MoveOutcome, MoveRequest, Op};
 use rtrb::{Consumer, Producer, PushError};
 
-use crate::error::TellError;
+use crate::error::{MigrateError, TellError};
 use crate::shared::{ClientSignals, Shared};
 use crate::sync::{light_barrier, thread_waker};
 
@@ -360,6 +360,50 @@ impl Client {
         }
     }
 
+    /// Moves entity `key` of kind `E` to shard `shard` and blocks until it is
+    /// there. Messages sent to it before and after keep their order; asks in
+    /// flight are answered from wherever it is. Moving a key that was never
+    /// activated activates it on its way. A no-op if it is there already.
+    ///
+    /// # Errors
+    ///
+    /// [`MigrateError::NoSuchShard`], [`MigrateError::UnknownKind`],
+    /// [`MigrateError::Pinned`] when the entity pinned itself,
+    /// [`MigrateError::Panicked`] when activating it panicked, or the send's
+    /// [`MigrateError::Full`] / [`MigrateError::ShuttingDown`].
+    pub fn migrate<E: Entity>(&self, key: u64, shard: usize) -> Result<(), MigrateError> {
+        let shard_count = self.shared.shard_count();
+        if shard >= shard_count {
+            return Err(MigrateError::NoSuchShard { shard, shard_count });
+        }
+        let kind = self
+            .shared
+            .kinds
+            .id_of::<E>()
+            .ok_or(MigrateError::UnknownKind)?;
+        let home = self.home(kind, key);
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        let request = MoveRequest {
+            target: shard as u32,
+        };
+        let env = Envelope::new(kind, key, Op::Migrate, request).with_route(self.sender, token);
+        if let Err((_, fail)) = self.send_one(home, env, true) {
+            return Err(match fail {
+                PushFail::Full => MigrateError::Full,
+                PushFail::ShuttingDown => MigrateError::ShuttingDown,
+            });
+        }
+        self.shared.doorbells[home].notify();
+        match self.wait_reply::<MoveOutcome>(home, token, None) {
+            Ok(MoveOutcome::Done) => Ok(()),
+            Ok(MoveOutcome::Pinned) => Err(MigrateError::Pinned),
+            Ok(MoveOutcome::Panicked) => Err(MigrateError::Panicked),
+            Ok(MoveOutcome::NoSuchShard) => Err(MigrateError::NoSuchShard { shard, shard_count }),
+            Err(_) => Err(MigrateError::ShuttingDown),
+        }
+    }
+
     /// Marks the client busy and checks that the engine still takes messages
     /// (the client half of shutdown sealing; see `Shared::seal_clients`).
     #[inline]
@@ -446,23 +490,34 @@ impl Client {
                 }
             }
         }
+        // The reply comes from the shard the entity lives on: its home
+        // (looked at first), or wherever it moved.
         let mut replies = self.replies.borrow_mut();
-        let ring = &mut replies[shard];
-        // A shard with more replies for a full ring parks until told there is
-        // room (see the shard loop's `idle`).
-        let was_full = ring.slots() == ring.buffer().capacity();
-        let mut found = None;
-        while let Ok(env) = ring.pop() {
-            if env.token == token {
-                found = Some(env);
-                break;
+        let n = replies.len();
+        for from in (0..n).map(|i| (shard + i) % n) {
+            let ring = &mut replies[from];
+            if ring.is_empty() {
+                continue;
             }
-            self.file_stray(env);
+            // A shard with more replies for a full ring parks until told there
+            // is room (see the shard loop's `idle`).
+            let was_full = ring.slots() == ring.buffer().capacity();
+            let mut found = None;
+            while let Ok(env) = ring.pop() {
+                if env.token == token {
+                    found = Some(env);
+                    break;
+                }
+                self.file_stray(env);
+            }
+            if was_full {
+                self.shared.doorbells[from].notify();
+            }
+            if found.is_some() {
+                return found;
+            }
         }
-        if was_full {
-            self.shared.doorbells[shard].notify();
-        }
-        found
+        None
     }
 
     /// A reply for another ask: keep it for its asker, or drop it if its asker

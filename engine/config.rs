@@ -13,6 +13,8 @@
 //! durability = "synced"    # or "buffered" (survives a process crash) / "off"
 //! segment_len_bytes = 67108864
 //! checkpoint_len_bytes = 268435456
+//! # moving hot entities off a busy shard (off by default; heat is always measured)
+//! rebalance = { enabled = true, window_ms = 100, min_gap_percent = 20, sustain_windows = 3, max_moves_per_window = 4, cooldown_windows = 20 }
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -134,6 +136,62 @@ pub struct EngineConfig {
     /// records since its last checkpoint; at least `segment_len_bytes`.
     /// Default 256 MiB.
     pub checkpoint_len_bytes: u64,
+    /// Heat windows and automatic rebalancing. Default: 100 ms windows,
+    /// rebalancing off.
+    pub rebalance: RebalanceConfig,
+}
+
+/// Heat measurement and the automatic rebalancer.
+///
+/// Every shard measures, per window, the share of time it spent handling
+/// messages (its load) and each entity's messages (its heat, smoothed over
+/// windows). With `enabled`, a shard whose load exceeds the least loaded
+/// shard's by `min_gap_percent` points for `sustain_windows` windows in a row
+/// moves its hottest movable entities there — about half the gap's worth, at
+/// most `max_moves_per_window`, never one that alone outweighs that (it would
+/// only move the hot spot), never one that arrived within `cooldown_windows`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RebalanceConfig {
+    /// Whether entities move automatically. Default false.
+    pub enabled: bool,
+    /// Length of a heat window in milliseconds, 1 ..= 60 000. Default 100.
+    pub window_ms: u64,
+    /// Load difference (percentage points of a window) that counts as
+    /// clearly busier, 1 ..= 100. Default 20.
+    pub min_gap_percent: u32,
+    /// Windows in a row the difference must last, at least 1. Default 3.
+    pub sustain_windows: u32,
+    /// Most entities one shard moves per window, at least 1. Default 4.
+    pub max_moves_per_window: u32,
+    /// Windows an entity stays put after it arrived. Default 20.
+    pub cooldown_windows: u32,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            enabled: false,
+            window_ms: 100,
+            min_gap_percent: 20,
+            sustain_windows: 3,
+            max_moves_per_window: 4,
+            cooldown_windows: 20,
+        }
+    }
+}
+
+impl RebalanceConfig {
+    /// The policy the shards apply.
+    pub(crate) fn policy(&self) -> percore_shards::RebalancePolicy {
+        percore_shards::RebalancePolicy {
+            enabled: self.enabled,
+            min_gap: self.min_gap_percent as f32 / 100.0,
+            sustain_windows: self.sustain_windows,
+            max_moves_per_window: self.max_moves_per_window,
+            cooldown_windows: self.cooldown_windows,
+        }
+    }
 }
 
 /// How far a durable change must get before its outputs are released.
@@ -164,6 +222,7 @@ impl Default for EngineConfig {
             durability: DurabilityLevel::Synced,
             segment_len_bytes: 64 << 20,
             checkpoint_len_bytes: 256 << 20,
+            rebalance: RebalanceConfig::default(),
         }
     }
 }
@@ -266,6 +325,28 @@ impl EngineConfig {
                 ),
             );
         }
+        let r = &self.rebalance;
+        if !(1..=60_000).contains(&r.window_ms) {
+            return bad(
+                "rebalance.window_ms",
+                format!("{} is outside 1..=60000", r.window_ms),
+            );
+        }
+        if !(1..=100).contains(&r.min_gap_percent) {
+            return bad(
+                "rebalance.min_gap_percent",
+                format!("{} is outside 1..=100", r.min_gap_percent),
+            );
+        }
+        if r.sustain_windows == 0 {
+            return bad("rebalance.sustain_windows", "0: must be at least 1".into());
+        }
+        if r.max_moves_per_window == 0 {
+            return bad(
+                "rebalance.max_moves_per_window",
+                "0: must be at least 1 (set enabled = false to move nothing)".into(),
+            );
+        }
         match &self.cores {
             Cores::Count(0) => return bad("cores", "a count of 0 shards".into()),
             Cores::List(l) if l.is_empty() => return bad("cores", "an empty list".into()),
@@ -301,6 +382,14 @@ mod tests {
             durability: DurabilityLevel::Buffered,
             segment_len_bytes: 1 << 20,
             checkpoint_len_bytes: 1 << 21,
+            rebalance: RebalanceConfig {
+                enabled: true,
+                window_ms: 7,
+                min_gap_percent: 11,
+                sustain_windows: 2,
+                max_moves_per_window: 3,
+                cooldown_windows: 5,
+            },
         };
         let text = cfg.to_toml_string();
         assert_eq!(EngineConfig::from_toml_str(&text).unwrap(), cfg);

@@ -116,6 +116,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Heat windows and the automatic rebalancer (see [`RebalanceConfig`]).
+    /// Default: 100 ms windows, rebalancing off.
+    pub fn rebalance(mut self, rebalance: crate::RebalanceConfig) -> Self {
+        self.config.rebalance = rebalance;
+        self
+    }
+
     /// Keeps durable kinds' logs under `dir` (created if missing; recovered if
     /// it holds logs). Required by durable kinds. Default: none.
     pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
@@ -285,6 +292,16 @@ impl Engine {
             terminate: AtomicBool::new(false),
             terminated: AtomicBool::new(false),
             epoch: Instant::now(),
+            loads: (0..n).map(|_| CachePadded(AtomicU64::new(0))).collect(),
+            hottest: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            pauses: (0..n)
+                .map(|_| {
+                    Mutex::new(
+                        hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
+                            .expect("valid bounds"),
+                    )
+                })
+                .collect(),
         });
         let (mut plans, report) = match recovery {
             Some((plans, report)) => (plans.into_iter().map(Some).collect(), report),
@@ -431,6 +448,33 @@ impl Engine {
                 .enumerate()
                 .map(|(i, m)| m.snapshot(i, self.shared.cores[i]))
                 .collect(),
+        }
+    }
+
+    /// Each shard's hottest entities in its last completed heat window,
+    /// hottest first (up to 16 per shard), by shard index.
+    pub fn hottest(&self) -> Vec<Vec<crate::Hot>> {
+        self.shared
+            .hottest
+            .iter()
+            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    /// Migration pauses over the engine's life, all shards (published with
+    /// the metrics, so at most a millisecond behind a busy shard).
+    pub fn migration_pauses(&self) -> crate::PauseStats {
+        let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2)
+            .expect("valid bounds");
+        for h in &self.shared.pauses {
+            let h = h.lock().unwrap_or_else(|e| e.into_inner());
+            all.add(&*h).expect("same bounds");
+        }
+        crate::PauseStats {
+            count: all.len(),
+            p50_ns: all.value_at_quantile(0.5),
+            p99_ns: all.value_at_quantile(0.99),
+            max_ns: all.max(),
         }
     }
 

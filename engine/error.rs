@@ -172,6 +172,51 @@ impl std::error::Error for Error {
     }
 }
 
+/// Why [`Client::migrate`](crate::Client::migrate) did not move an entity.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrateError {
+    /// There is no shard with that index.
+    NoSuchShard {
+        /// The shard asked for.
+        shard: usize,
+        /// How many shards the engine has.
+        shard_count: usize,
+    },
+    /// The kind is not registered with the engine.
+    UnknownKind,
+    /// The entity pinned itself with [`Ctx::pin`](crate::Ctx::pin).
+    Pinned,
+    /// The entity was not active and activating it panicked.
+    Panicked,
+    /// The ring to its home shard stayed full for the allowed wait.
+    Full,
+    /// The engine is shutting down.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for MigrateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MigrateError::NoSuchShard { shard, shard_count } => write!(
+                f,
+                "no shard {shard}: the engine has {shard_count} (0..{shard_count})"
+            ),
+            MigrateError::UnknownKind => {
+                f.write_str("the entity kind is not registered with the engine")
+            }
+            MigrateError::Pinned => f.write_str("the entity pinned itself to its shard"),
+            MigrateError::Panicked => f.write_str("activating the entity panicked"),
+            MigrateError::Full => {
+                f.write_str("the ring to the entity's home shard stayed full for the allowed wait")
+            }
+            MigrateError::ShuttingDown => f.write_str("the engine is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for MigrateError {}
+
 /// Why a client's tell failed. Hands the message back.
 #[non_exhaustive]
 #[derive(PartialEq, Eq)]

@@ -87,12 +87,12 @@ mod shared;
 mod sync;
 
 pub use client::{AskFuture, Client, BATCH_CHUNK};
-pub use config::{Cores, DurabilityLevel, EngineConfig, IdlePolicy};
+pub use config::{Cores, DurabilityLevel, EngineConfig, IdlePolicy, RebalanceConfig};
 pub use durability::RecoveryReport;
 pub use engine::{Engine, EngineBuilder, MAX_SHARDS};
-pub use error::{Error, TellError};
-pub use metrics::{Metrics, ShardMetrics};
-pub use percore_shards::{AskError, Ctx, DurableState, Entity, SendError, TimerId};
+pub use error::{Error, MigrateError, TellError};
+pub use metrics::{Metrics, PauseStats, ShardMetrics};
+pub use percore_shards::{AskError, Ctx, DurableState, Entity, Hot, SendError, TimerId};
 
 pub use bytemuck;
 

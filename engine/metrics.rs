@@ -46,6 +46,23 @@ pub struct ShardMetrics {
     pub checkpoints: u64,
     /// 1 once the shard's log failed to sync and is poisoned.
     pub log_poisoned: u64,
+    /// Entities that moved away from this shard.
+    pub migrations_out: u64,
+    /// Entities that moved to this shard.
+    pub migrations_in: u64,
+    /// Messages this shard forwarded behind an entity that had just left it.
+    pub forwarded: u64,
+    /// Messages this shard, as their entity's home, sent on to the shard the
+    /// entity lives on now: routing misses (senders always address the home).
+    pub rerouted: u64,
+    /// Messages held by this shard until a moving entity was settled.
+    pub held: u64,
+    /// Explicit moves refused because the entity pinned itself.
+    pub moves_refused: u64,
+    /// Longest migration pause seen on arrival here, nanoseconds.
+    pub pause_ns_max: u64,
+    /// Share of the last heat window spent handling messages, in thousandths.
+    pub load_permille: u64,
 }
 
 /// A snapshot of every shard's metrics.
@@ -77,16 +94,38 @@ impl Metrics {
             t.gated_dropped += s.gated_dropped;
             t.checkpoints += s.checkpoints;
             t.log_poisoned += s.log_poisoned;
+            t.migrations_out += s.migrations_out;
+            t.migrations_in += s.migrations_in;
+            t.forwarded += s.forwarded;
+            t.rerouted += s.rerouted;
+            t.held += s.held;
+            t.moves_refused += s.moves_refused;
+            t.pause_ns_max = t.pause_ns_max.max(s.pause_ns_max);
+            t.load_permille += s.load_permille;
         }
         t
     }
+}
+
+/// Migration pauses (time an entity could not handle messages, from leaving
+/// its old shard to being settled on the new one), over the engine's life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PauseStats {
+    /// Migrations measured.
+    pub count: u64,
+    /// Median, nanoseconds.
+    pub p50_ns: u64,
+    /// 99th percentile, nanoseconds.
+    pub p99_ns: u64,
+    /// Longest, nanoseconds.
+    pub max_ns: u64,
 }
 
 /// Where a shard publishes its counters.
 #[derive(Default)]
 #[repr(align(128))]
 pub(crate) struct MetricsCell {
-    fields: [AtomicU64; 17],
+    fields: [AtomicU64; 25],
 }
 
 impl MetricsCell {
@@ -97,6 +136,7 @@ impl MetricsCell {
         parks: u64,
         poisoned: bool,
         checkpoints: u64,
+        load: f32,
     ) {
         let values = [
             c.handled,
@@ -116,6 +156,14 @@ impl MetricsCell {
             c.gated_dropped,
             checkpoints,
             poisoned as u64,
+            c.migrations_out,
+            c.migrations_in,
+            c.forwarded,
+            c.rerouted,
+            c.held,
+            c.moves_refused,
+            c.pause_ns_max,
+            (load * 1000.0).round() as u64,
         ];
         for (cell, v) in self.fields.iter().zip(values) {
             cell.store(v, Ordering::Relaxed);
@@ -144,6 +192,14 @@ impl MetricsCell {
             gated_dropped: f(14),
             checkpoints: f(15),
             log_poisoned: f(16),
+            migrations_out: f(17),
+            migrations_in: f(18),
+            forwarded: f(19),
+            rerouted: f(20),
+            held: f(21),
+            moves_refused: f(22),
+            pause_ns_max: f(23),
+            load_permille: f(24),
         }
     }
 }

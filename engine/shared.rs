@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use percore_shards::{Envelope, Kinds};
+use percore_shards::{Envelope, Hot, Kinds};
 use rtrb::{Consumer, Producer};
 
 use crate::config::EngineConfig;
@@ -70,6 +70,13 @@ pub(crate) struct Shared {
     /// Set after every shard thread has exited.
     pub(crate) terminated: AtomicBool,
     pub(crate) epoch: Instant,
+    /// Each shard's load in its last heat window: the window's index in the
+    /// high half, the load (`f32` bits, 0..1) in the low half.
+    pub(crate) loads: Vec<CachePadded<AtomicU64>>,
+    /// Each shard's hottest entities of its last heat window.
+    pub(crate) hottest: Vec<Mutex<Vec<Hot>>>,
+    /// Migration pauses recorded by each shard (nanoseconds).
+    pub(crate) pauses: Vec<Mutex<hdrhistogram::Histogram<u64>>>,
 }
 
 impl Shared {
@@ -81,6 +88,31 @@ impl Shared {
     #[inline]
     pub(crate) fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Publishes shard `shard`'s load in the heat window before `window`.
+    pub(crate) fn publish_load(&self, shard: usize, window: u32, load: f32) {
+        let v = (u64::from(window) << 32) | u64::from(load.to_bits());
+        self.loads[shard].store(v, Ordering::Relaxed);
+    }
+
+    /// Every shard's load in its last heat window, as seen at `window`. A
+    /// shard that ended no window lately was parked all along: its load
+    /// counts as 0. (A shard parked for a while ends its windows when it
+    /// wakes, at least every 50 ms.)
+    pub(crate) fn loads(&self, window: u32) -> Vec<f32> {
+        self.loads
+            .iter()
+            .map(|l| {
+                let v = l.load(Ordering::Relaxed);
+                let (at, load) = ((v >> 32) as u32, f32::from_bits(v as u32));
+                if at.saturating_add(2) < window {
+                    0.0
+                } else {
+                    load
+                }
+            })
+            .collect()
     }
 
     pub(crate) fn bump_client_epochs(&self) {

@@ -113,6 +113,14 @@ struct ShardLoop {
     metrics_at_ns: u64,
     /// The shard's durable log, when durable kinds are registered.
     log: Option<ShardLog>,
+    /// Heat windows: when the next one starts, when the current one started,
+    /// busy time at its start, and the load of the last one.
+    next_window_ns: u64,
+    window_started_ns: u64,
+    busy_at_window: u64,
+    load: f32,
+    /// Scratch for migration pauses on their way to the shared histogram.
+    pauses: Vec<u64>,
 }
 
 impl ShardLoop {
@@ -146,6 +154,11 @@ impl ShardLoop {
             parks: 0,
             metrics_at_ns: 0,
             log: None,
+            next_window_ns: 0,
+            window_started_ns: 0,
+            busy_at_window: 0,
+            load: 0.0,
+            pauses: Vec::new(),
         }
     }
 
@@ -186,6 +199,9 @@ impl ShardLoop {
             let stopping = self.shared.stopping.load(Ordering::Acquire);
             let sealed = self.shared.sealed.load(Ordering::Acquire);
 
+            if start_ns >= self.next_window_ns {
+                self.end_window(start_ns, stopping);
+            }
             let work = self.pass(stopping);
             if work > 0 {
                 if self.marked_idle {
@@ -245,21 +261,8 @@ impl ShardLoop {
             self.client_epoch = epoch;
             self.sync_clients();
         }
-        for (from, ring) in &mut self.inbound {
-            let ready = ring.slots();
-            let n = ready.min(RING_DRAIN_BATCH);
-            if n > 0 {
-                let chunk = ring.read_chunk(n).expect("slots() said so");
-                for env in chunk {
-                    self.shard.deliver(env);
-                }
-                self.received += n as u64;
-                work += n;
-                if ready == ring.buffer().capacity() {
-                    // The sender may have parked with more waiting for room.
-                    self.shared.doorbells[*from].notify();
-                }
-            }
+        for i in 0..self.inbound.len() {
+            work += self.drain_inbound(i, RING_DRAIN_BATCH);
         }
         // Client requests wait in their rings (and their senders wait) while
         // this shard's outgoing backlog is high: external load is pushed back
@@ -298,7 +301,76 @@ impl ShardLoop {
             log.commit_and_poll(&mut self.shard);
         }
         self.flush();
+        // Moves go after the flush: an entity leaves only once everything
+        // this shard holds for others is in rings (see `Shard::run_moves`).
+        self.shard.run_moves();
+        if self.shard.has_outbound() {
+            self.flush();
+        }
         work
+    }
+
+    /// Delivers up to `max` envelopes from inbound ring `i`. A fence (an
+    /// entity that sends arrived from another shard) makes it stop and first
+    /// drain everything already in the ring the fence names, where that
+    /// entity's earlier messages may wait. Returns how many it delivered from
+    /// ring `i`.
+    fn drain_inbound(&mut self, i: usize, max: usize) -> usize {
+        let (from, ring) = &mut self.inbound[i];
+        let from = *from;
+        let ready = ring.slots();
+        let n = ready.min(max);
+        if n == 0 {
+            return 0;
+        }
+        let mut fences = None;
+        let mut chunk = ring.read_chunk(n).expect("slots() said so").into_iter();
+        for env in chunk.by_ref() {
+            self.shard.deliver(env);
+            if let Some(f) = self.shard.take_fences() {
+                fences = Some(f);
+                break;
+            }
+        }
+        let taken = chunk.iterated();
+        drop(chunk);
+        self.received += taken as u64;
+        if ready == self.inbound[i].1.buffer().capacity() {
+            // The sender may have parked with more waiting for room.
+            self.shared.doorbells[from].notify();
+        }
+        for f in fences.into_iter().flatten() {
+            if let Some(j) = self.inbound.iter().position(|(s, _)| *s == f) {
+                self.drain_inbound(j, usize::MAX);
+            }
+        }
+        taken
+    }
+
+    /// Ends a heat window: publishes this shard's load, lets the shard note
+    /// its hottest entities and, by the rebalancing policy, queue moves.
+    fn end_window(&mut self, now_ns: u64, stopping: bool) {
+        let config = &self.shared.config.rebalance;
+        let window_ns = config.window_ms * 1_000_000;
+        let busy = self.shard.counters().busy_ns;
+        let elapsed = now_ns.saturating_sub(self.window_started_ns).max(1);
+        self.load = ((busy - self.busy_at_window) as f32 / elapsed as f32).min(1.0);
+        let window = (now_ns / window_ns) as u32;
+        self.shared.publish_load(self.index, window, self.load);
+        let mut policy = config.policy();
+        policy.enabled &= !stopping;
+        let loads = if policy.enabled {
+            self.shared.loads(window)
+        } else {
+            Vec::new()
+        };
+        self.shard.end_window(window, &loads, &policy);
+        *self.shared.hottest[self.index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.shard.hottest().to_vec();
+        self.window_started_ns = now_ns;
+        self.busy_at_window = busy;
+        self.next_window_ns = (u64::from(window) + 1) * window_ns;
     }
 
     /// Publishes every outbox: one chunk per destination, then a doorbell.
@@ -388,6 +460,7 @@ impl ShardLoop {
     /// its log has nothing in flight and no output waits for it.
     fn quiet(&mut self) -> bool {
         self.idle()
+            && !self.shard.migrating()
             && self.drained()
             && !self.shard.has_unresolved()
             && self.log.as_ref().is_none_or(ShardLog::is_idle)
@@ -443,7 +516,17 @@ impl ShardLoop {
             self.parks,
             poisoned,
             checkpoints,
+            self.load,
         );
+        self.shard.take_pauses(&mut self.pauses);
+        if !self.pauses.is_empty() {
+            let mut h = self.shared.pauses[self.index]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for p in self.pauses.drain(..) {
+                h.saturating_record(p.max(1));
+            }
+        }
     }
 
     /// Parks until the doorbell rings or the next timer is due.

@@ -152,12 +152,24 @@ impl<'a, E: Entity> Ctx<'a, E> {
         let (kind, key, sender) = (self.kind, self.key, self.sender());
         let make =
             Box::new(move || Envelope::new(kind, key, Op::Tell, msg.clone()).with_route(sender, 0));
-        self.svc.timers.every(first, period_ns, make)
+        self.svc.timers.every(first, period_ns, kind, key, make)
     }
 
     /// Cancels a timer. Returns whether it was still pending.
     pub fn cancel(&mut self, timer: TimerId) -> bool {
         self.svc.timers.cancel(timer)
+    }
+
+    /// Keeps this entity on its shard: explicit moves are refused and the
+    /// rebalancer passes it by, until [`Ctx::unpin`]. (For state tied to the
+    /// shard, such as a shard-local task's handle.)
+    pub fn pin(&mut self) {
+        self.svc.pin((self.kind, self.key), true);
+    }
+
+    /// Lets this entity move again after [`Ctx::pin`].
+    pub fn unpin(&mut self) {
+        self.svc.pin((self.kind, self.key), false);
     }
 
     /// Deactivates this entity once the handler returns: its state is dropped

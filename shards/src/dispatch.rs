@@ -9,6 +9,7 @@ use crate::durable::{Codec, DurableMeta, LogRefusal, LogSink};
 use crate::entity::{Entity, KindId};
 use crate::envelope::Envelope;
 use crate::error::AskError;
+use crate::migrate::{Departure, HeatCell};
 use crate::shard::Services;
 use crate::table::{KeyMap, Slot, Table};
 
@@ -55,6 +56,24 @@ pub trait ErasedTable {
     ///
     /// The sink's refusal.
     fn checkpoint(&mut self, sink: &mut dyn LogSink) -> Result<usize, LogRefusal>;
+    /// Whether the rebalancer may move entities of this kind
+    /// ([`Entity::MOVABLE`]).
+    fn movable(&self) -> bool;
+    /// Whether entity `key` is live here.
+    fn contains(&self, key: u64) -> bool;
+    /// Activates entity `key` if it is not live (a move of a virtual entity).
+    /// Returns whether it is live afterwards (activation may panic).
+    fn ensure_active(&mut self, key: u64, svc: &mut Services) -> bool;
+    /// Takes entity `key` out of the table to move it: its value, heat and
+    /// log state.
+    fn depart(&mut self, key: u64, svc: &mut Services) -> Option<Departure>;
+    /// Puts an entity that moved here into the table; a durable one is logged
+    /// again here, with a higher version, at the end of the pass.
+    fn admit(&mut self, key: u64, d: Departure, svc: &mut Services);
+    /// Smoothed messages per window of entity `key`, if live.
+    fn heat_of(&self, key: u64, window: u32) -> Option<f32>;
+    /// Version of the last record appended for durable entity `key`, if live.
+    fn version_of(&self, key: u64) -> Option<u64>;
 }
 
 /// Log bookkeeping of a durable kind, parallel to the table's slots.
@@ -71,6 +90,8 @@ pub(crate) struct KindTable<E: Entity> {
     kind: KindId,
     hash: u64,
     table: Table<E>,
+    /// `heat[slot]` belongs to the entity in `slot` (same swap-removes).
+    heat: Vec<HeatCell>,
     durable: Option<DurableSide<E>>,
 }
 
@@ -80,6 +101,7 @@ impl<E: Entity> KindTable<E> {
             kind,
             hash,
             table: Table::new(),
+            heat: Vec::new(),
             durable: codec.map(|codec| DurableSide {
                 codec,
                 meta: Vec::new(),
@@ -96,6 +118,7 @@ impl<E: Entity> KindTable<E> {
         meta: impl FnOnce(&mut KeyMap<u64>) -> DurableMeta,
     ) -> Slot {
         let slot = self.table.insert(key, state);
+        self.heat.push(HeatCell::default());
         if let Some(d) = &mut self.durable {
             let m = meta(&mut d.retired);
             d.meta.push(m);
@@ -105,6 +128,7 @@ impl<E: Entity> KindTable<E> {
     }
 
     fn remove(&mut self, slot: Slot) -> E {
+        self.heat.swap_remove(slot);
         if let Some(d) = &mut self.durable {
             d.meta.swap_remove(slot);
         }
@@ -159,9 +183,18 @@ impl<E: Entity> ErasedTable for KindTable<E> {
                 }
             },
         };
+        // Heat: one compare and one increment per message; the fold into the
+        // smoothed figure happens on an entity's first message of a window.
+        let cell = &mut self.heat[slot];
+        if cell.window != svc.window {
+            let heat = cell.roll(svc.window);
+            svc.offer_hot(heat, self.kind, key);
+        }
+        cell.count += 1;
         let durable = self.durable.is_some();
         // Everything a durable handler emits waits for the log (the output gate).
         svc.gate = durable;
+        svc.gate_from = (self.kind, key);
         let mut ctx = Ctx::<E>::new(svc, self.kind, key);
         let state = self.table.get_mut(slot);
         let outcome = catch_unwind(AssertUnwindSafe(|| state.handle(msg, &mut ctx)));
@@ -200,6 +233,87 @@ impl<E: Entity> ErasedTable for KindTable<E> {
 
     fn len(&self) -> usize {
         self.table.len()
+    }
+
+    fn movable(&self) -> bool {
+        E::MOVABLE
+    }
+
+    fn contains(&self, key: u64) -> bool {
+        self.table.find(key).is_some()
+    }
+
+    fn ensure_active(&mut self, key: u64, svc: &mut Services) -> bool {
+        if self.table.find(key).is_some() {
+            return true;
+        }
+        match catch_unwind(|| E::activate(key)) {
+            Ok(state) => {
+                svc.counters.activations += 1;
+                self.insert(key, state, |retired| DurableMeta {
+                    version: retired.remove(&key).unwrap_or(0),
+                    ..DurableMeta::default()
+                });
+                true
+            }
+            Err(_) => {
+                svc.counters.panics += 1;
+                false
+            }
+        }
+    }
+
+    fn depart(&mut self, key: u64, svc: &mut Services) -> Option<Departure> {
+        let slot = self.table.find(key)?;
+        let mut heat = self.heat[slot];
+        heat.roll(svc.window);
+        let durable = self.durable.as_ref().map(|d| {
+            let meta = &d.meta[slot];
+            (self.hash, meta.version, meta.logged().map(<[u8]>::to_vec))
+        });
+        let state = self.remove(slot);
+        Some(Departure {
+            state: Box::new(state),
+            heat,
+            durable,
+        })
+    }
+
+    fn admit(&mut self, key: u64, d: Departure, svc: &mut Services) {
+        let state = match d.state.downcast::<E>() {
+            Ok(state) => *state,
+            Err(_) => unreachable!("a migrant of kind {} is not an {}", self.kind, E::KIND),
+        };
+        let (version, logged) = match d.durable {
+            Some((_, version, logged)) => (version, logged),
+            None => (0, None),
+        };
+        let durable = self.durable.is_some();
+        let slot = self.insert(key, state, |retired| {
+            retired.remove(&key);
+            DurableMeta {
+                version,
+                durable: logged,
+                dirty: true,
+                relog: true,
+                ..DurableMeta::default()
+            }
+        });
+        self.heat[slot] = d.heat;
+        if durable {
+            svc.dirty.push((self.kind, key));
+        }
+    }
+
+    fn version_of(&self, key: u64) -> Option<u64> {
+        let slot = self.table.find(key)?;
+        Some(self.durable.as_ref()?.meta[slot].version)
+    }
+
+    fn heat_of(&self, key: u64, window: u32) -> Option<f32> {
+        let slot = self.table.find(key)?;
+        let mut cell = self.heat[slot];
+        Some(cell.roll(window))
     }
 
     fn overhead_bytes(&self) -> usize {

@@ -43,6 +43,15 @@ pub trait Entity: Sized + Send + 'static {
     /// drops it.
     type Reply: Send + 'static;
 
+    /// Whether the automatic rebalancer may move entities of this kind to a
+    /// less busy shard. Explicit moves ([`Client::migrate`] in `percore`) are
+    /// allowed either way; an entity can refuse every move with
+    /// [`Ctx::pin`](crate::Ctx::pin). Kinds that hold something tied to their
+    /// shard (a socket session, say) set this to `false`.
+    ///
+    /// [`Client::migrate`]: https://docs.rs/percore
+    const MOVABLE: bool = true;
+
     /// Creates the state of a key that has never been seen (or whose entity
     /// stopped or panicked).
     fn activate(key: u64) -> Self;

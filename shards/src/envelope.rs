@@ -33,7 +33,44 @@ pub enum Op {
     /// A reply (or error) travelling to the client that asked; `token` is its
     /// request id.
     ReplyClient = 4,
+    /// Migration: an entity itself (its value, timers, heat, log state) on its
+    /// way to its new owner. Payload: a boxed `Migrant`.
+    Transfer = 5,
+    /// Migration: the old owner tells the entity's home shard where the entity
+    /// went. Payload: the new owner's index (`u32`).
+    Moved = 6,
+    /// Migration: travels home → old owner → new owner behind every message
+    /// the home shard routed through the old owner; once it arrives, the new
+    /// owner handles the messages it held back. No payload.
+    Marker = 7,
+    /// Migration: a request to move the entity to another shard. Payload: a
+    /// `MoveRequest`. Routed like a message, so it is ordered with them.
+    Migrate = 8,
+    /// Migration: a durable entity's new owner tells the old one that its
+    /// arrival record is durable, so the old owner's checkpoints may forget
+    /// it. Payload: the version logged.
+    Released = 9,
+    /// Migration: an entity that sends arrived on the sending shard from
+    /// shard `from` (the payload, `u32`); the receiver must first handle
+    /// everything already in its ring from `from`, where the entity's earlier
+    /// messages may still wait.
+    Fence = 10,
 }
+
+impl Op {
+    /// Whether the envelope is routed to an entity (by kind and key) and may
+    /// be forwarded or held on the way.
+    #[inline]
+    pub fn is_addressed(self) -> bool {
+        matches!(self, Op::Tell | Op::AskClient | Op::AskEntity | Op::Migrate)
+    }
+}
+
+/// Set in [`Envelope::status`] of a message an old owner forwarded to the
+/// entity's new owner (it travelled the old path, so the new owner handles it
+/// at once instead of holding it for the migration marker). Message
+/// envelopes otherwise carry status 0; only replies carry error codes.
+pub const STRAGGLER: u8 = 0x80;
 
 /// Identifies who sent an envelope: a shard index, or a client slot with the
 /// top bit set.
@@ -129,6 +166,19 @@ impl Envelope {
         AskError::from_code(self.status)
     }
 
+    /// Reads a small `Copy` payload without consuming the envelope.
+    ///
+    /// # Safety
+    ///
+    /// As [`Envelope::take`], and `M` must be stored inline ([`is_inline`]).
+    #[inline]
+    pub unsafe fn read<M: Copy>(&self) -> M {
+        debug_assert!(is_inline::<M>());
+        // SAFETY: the caller guarantees `new::<M>` wrote an inline `M` here; `M`
+        // is `Copy`, so reading it leaves nothing to drop twice.
+        unsafe { self.payload.as_ptr().cast::<M>().read() }
+    }
+
     /// Takes the payload out.
     ///
     /// # Safety
@@ -137,7 +187,11 @@ impl Envelope {
     /// `M` (not [`Envelope::empty`] or [`Envelope::error`]).
     #[inline]
     pub unsafe fn take<M>(self) -> M {
-        debug_assert_eq!(self.status, 0, "taking the payload of an error envelope");
+        debug_assert_eq!(
+            self.status & !STRAGGLER,
+            0,
+            "taking the payload of an error envelope"
+        );
         if is_inline::<M>() {
             // SAFETY: the caller guarantees `new::<M>` wrote an `M` inline here.
             unsafe { self.payload.as_ptr().cast::<M>().read() }

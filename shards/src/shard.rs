@@ -17,6 +17,7 @@ use crate::entity::KindId;
 use crate::envelope::{Envelope, Op, SenderId, CLIENT_BIT};
 use crate::error::AskError;
 use crate::kinds::Kinds;
+use crate::migrate::{EntityRef, HotList, Migration, PairSet};
 use crate::timers::Timers;
 
 /// Counters of one shard. Monotonic; the runtime publishes snapshots.
@@ -49,6 +50,24 @@ pub struct Counters {
     pub gated_released: u64,
     /// Tells of durable handlers dropped because their change failed to log.
     pub gated_dropped: u64,
+    /// Entities that left this shard.
+    pub migrations_out: u64,
+    /// Entities that arrived on this shard.
+    pub migrations_in: u64,
+    /// Messages an old owner forwarded behind an entity that left it.
+    pub forwarded: u64,
+    /// Messages the home shard sent on to an entity living elsewhere (every
+    /// sender addresses the home: each of these is a routing miss).
+    pub rerouted: u64,
+    /// Messages held by a new owner until the migration marker arrived.
+    pub held: u64,
+    /// Explicit moves refused (the entity pinned itself).
+    pub moves_refused: u64,
+    /// Sum of migration pauses (from leaving the old owner to being settled
+    /// here), nanoseconds.
+    pub pause_ns_total: u64,
+    /// Longest migration pause, nanoseconds.
+    pub pause_ns_max: u64,
 }
 
 /// Where a shard sends: to another shard, or to a client handle.
@@ -110,7 +129,7 @@ impl Outbox {
     }
 
     #[inline]
-    fn push(&mut self, env: Envelope) {
+    pub(crate) fn push(&mut self, env: Envelope) {
         self.queue.push_back(env);
     }
 }
@@ -121,6 +140,14 @@ pub(crate) enum Route {
     Local,
     Shard(usize),
     Client(usize),
+}
+
+/// An output of a durable handler, held until the change it follows is durable.
+pub(crate) struct Held {
+    pub(crate) route: Route,
+    pub(crate) env: Envelope,
+    /// The entity whose handler emitted it (its held outputs move with it).
+    pub(crate) from: EntityRef,
 }
 
 /// A continuation: what to do with the reply to an entity's ask.
@@ -162,16 +189,24 @@ pub struct Services {
     pub(crate) counters: Counters,
     /// Set while a durable kind's handler runs: what it emits is held.
     pub(crate) gate: bool,
+    /// The entity whose handler runs behind the gate.
+    pub(crate) gate_from: EntityRef,
     /// Outputs held during the current pass.
-    pub(crate) held: Vec<(Route, Envelope)>,
+    pub(crate) held: Vec<Held>,
     /// Held outputs of earlier passes, each waiting for its LSN, in order.
-    pub(crate) held_batches: VecDeque<(u64, Vec<(Route, Envelope)>)>,
+    pub(crate) held_batches: VecDeque<(u64, Vec<Held>)>,
     /// Durable entities handled this pass: (kind, key).
     pub(crate) dirty: Vec<(KindId, u64)>,
     /// Deletions to log this pass: (kind hash, key, version).
     pub(crate) tombstones: Vec<(u64, u64, u64)>,
     /// Appended state records not yet resolved: (LSN, kind, key), in order.
     pub(crate) inflight: VecDeque<(u64, KindId, u64)>,
+    /// Index of the current heat window.
+    pub(crate) window: u32,
+    /// Hottest entities offered in the current window.
+    pub(crate) hot: HotList,
+    /// Entities that refuse to move.
+    pub(crate) pinned: PairSet,
 }
 
 impl Services {
@@ -192,7 +227,8 @@ impl Services {
             } else {
                 Route::Shard(dest)
             };
-            self.held.push((route, env));
+            let from = self.gate_from;
+            self.held.push(Held { route, env, from });
         } else if dest == self.spec.shard {
             if self.local.len() >= cap {
                 return Err(env);
@@ -231,9 +267,7 @@ impl Services {
                 let env = Envelope::new(kind, key, Op::ReplyEntity, reply);
                 self.queue_for_origin(sender, env.with_route(sender, token));
             }
-            Op::ReplyEntity | Op::ReplyClient => {
-                unreachable!("replies are not handled by entities")
-            }
+            _ => unreachable!("only messages reach handlers"),
         }
     }
 
@@ -257,9 +291,7 @@ impl Services {
                 let env = Envelope::error(kind, key, Op::ReplyEntity, err);
                 self.queue_for_origin(sender, env.with_route(sender, token));
             }
-            Op::ReplyEntity | Op::ReplyClient => {
-                unreachable!("replies are not handled by entities")
-            }
+            _ => unreachable!("only messages reach handlers"),
         }
     }
 
@@ -285,7 +317,8 @@ impl Services {
     #[inline]
     fn emit(&mut self, route: Route, env: Envelope) {
         if self.gate {
-            self.held.push((route, env));
+            let from = self.gate_from;
+            self.held.push(Held { route, env, from });
         } else {
             self.route(route, env);
         }
@@ -309,7 +342,7 @@ impl Services {
                 break;
             }
             let (_, batch) = self.held_batches.pop_front().expect("front exists");
-            for (route, env) in batch {
+            for Held { route, env, .. } in batch {
                 match failed {
                     None => {
                         self.counters.gated_released += 1;
@@ -331,16 +364,48 @@ impl Services {
                 self.route(route, e);
             }
             Op::AskEntity => {
-                // The durable entity asked someone; answer its own continuation.
+                // The durable entity asked someone; answer its own continuation
+                // (on the shard it asked from, which it may have left since).
                 let e = Envelope::error(env.kind, env.key, Op::ReplyEntity, err)
-                    .with_route(self.spec.shard as SenderId, env.token);
-                self.local.push_back(e);
+                    .with_route(env.sender, env.token);
+                if env.sender as usize == self.spec.shard {
+                    self.local.push_back(e);
+                } else {
+                    self.to_shards[env.sender as usize].push(e);
+                }
             }
-            Op::Tell | Op::AskClient => {
-                // Dropped (a boxed payload leaks, as above).
+            _ => {
+                // Tells (and asks from clients, never held) are dropped (a boxed payload leaks, as above).
                 let _ = env;
                 self.counters.gated_dropped += 1;
             }
+        }
+    }
+
+    /// Sends a message the shard itself made (a continuation's) to its
+    /// entity's home. Never capped: it answers something already sent.
+    #[inline]
+    pub(crate) fn send_home(&mut self, env: Envelope) {
+        let dest = self
+            .kinds
+            .home_shard(env.kind, env.key, self.spec.shard_count);
+        if dest == self.spec.shard {
+            self.local.push_back(env);
+        } else {
+            self.to_shards[dest].push(env);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn offer_hot(&mut self, heat: f32, kind: KindId, key: u64) {
+        self.hot.offer(heat, kind, key);
+    }
+
+    pub(crate) fn pin(&mut self, id: EntityRef, pinned: bool) {
+        if pinned {
+            self.pinned.insert(id);
+        } else {
+            self.pinned.remove(&id);
         }
     }
 
@@ -361,8 +426,9 @@ impl Services {
 
 /// One shard: entity tables plus services. Single-threaded; see the module docs.
 pub struct Shard {
-    tables: Vec<Box<dyn ErasedTable>>,
-    svc: Services,
+    pub(crate) tables: Vec<Box<dyn ErasedTable>>,
+    pub(crate) svc: Services,
+    pub(crate) mig: Migration,
 }
 
 impl Shard {
@@ -385,16 +451,21 @@ impl Shard {
                 to_clients: (0..spec.client_slots).map(|_| Outbox::default()).collect(),
                 pending: Vec::new(),
                 pending_free: Vec::new(),
-                timers: Timers::new(),
+                timers: Timers::for_shard(spec.shard),
                 now_ns: 0,
                 counters: Counters::default(),
                 gate: false,
+                gate_from: (0, 0),
                 held: Vec::new(),
                 held_batches: VecDeque::new(),
                 dirty: Vec::new(),
                 tombstones: Vec::new(),
                 inflight: VecDeque::new(),
+                window: 0,
+                hot: HotList::default(),
+                pinned: PairSet::default(),
             },
+            mig: Migration::default(),
         }
     }
 
@@ -412,13 +483,20 @@ impl Shard {
     #[inline]
     pub fn deliver(&mut self, env: Envelope) {
         match env.op {
-            Op::Tell | Op::AskClient | Op::AskEntity => {
-                let kind = env.kind as usize;
-                debug_assert!(kind < self.tables.len(), "envelope of unknown kind");
-                self.tables[kind].deliver(env, &mut self.svc);
+            Op::Tell | Op::AskClient | Op::AskEntity | Op::Migrate => {
+                // NB: one test for the common case (nothing ever moved to or
+                // from this shard); see the `tell_cross_core` bench.
+                if env.status == 0 && self.mig.places.is_empty() {
+                    self.deliver_here(env);
+                } else {
+                    self.route_addressed(env);
+                }
             }
             Op::ReplyEntity => self.resume(env),
             Op::ReplyClient => debug_assert!(false, "a client reply reached a shard"),
+            Op::Transfer | Op::Moved | Op::Marker | Op::Released | Op::Fence => {
+                self.deliver_control(env)
+            }
         }
     }
 
@@ -437,7 +515,8 @@ impl Shard {
         };
         let Continuation { kind, key, call } = c;
         match catch_unwind(AssertUnwindSafe(move || call(result, kind, key))) {
-            Ok(msg) => self.deliver(msg),
+            // The asker may have moved since it asked: its home knows where.
+            Ok(msg) => self.svc.send_home(msg),
             Err(_) => self.svc.counters.panics += 1,
         }
     }
@@ -550,6 +629,9 @@ impl Shard {
         }
         self.svc.dirty = dirty;
         self.svc.dirty.clear();
+        if !self.mig.arrivals.is_empty() {
+            self.note_arrival_lsns();
+        }
         for (hash, key, version) in std::mem::take(&mut self.svc.tombstones) {
             match sink.append_tombstone(hash, key, version) {
                 Ok(_) => self.svc.counters.records_logged += 1,
@@ -570,7 +652,7 @@ impl Shard {
             } else {
                 AskError::StorageFailed
             };
-            for (route, env) in held {
+            for Held { route, env, .. } in held {
                 self.svc.fail_held(route, env, err);
             }
             return;
@@ -578,7 +660,7 @@ impl Shard {
         match sink.unresolved_max() {
             Some(lsn) => self.svc.held_batches.push_back((lsn, held)),
             None => {
-                for (route, env) in held {
+                for Held { route, env, .. } in held {
                     self.svc.counters.gated_released += 1;
                     self.svc.route(route, env);
                 }
@@ -596,6 +678,7 @@ impl Shard {
             self.svc.inflight.pop_front();
             self.tables[kind as usize].resolve(key, lsn, true);
         }
+        self.release_arrivals(lsn_end);
         self.svc.release_held(lsn_end, None);
     }
 
@@ -688,6 +771,13 @@ impl Shard {
         for table in &mut self.tables {
             n += table.checkpoint(sink)?;
         }
+        // Entities that moved away stay in this log's checkpoints until their
+        // new owner's record is durable: otherwise a checkpoint here could
+        // delete their only durable record.
+        for (&(_, key), (hash, version, bytes)) in &self.mig.departed {
+            sink.append_state(*hash, key, *version, bytes)?;
+            n += 1;
+        }
         Ok(n)
     }
 
@@ -695,9 +785,9 @@ impl Shard {
     /// and held replies, so a later occupant of the slot never sees them.
     pub fn forget_client(&mut self, slot: usize) {
         self.svc.to_clients[slot].clear();
-        self.svc.held.retain(|(r, _)| *r != Route::Client(slot));
+        self.svc.held.retain(|h| h.route != Route::Client(slot));
         for (_, batch) in &mut self.svc.held_batches {
-            batch.retain(|(r, _)| *r != Route::Client(slot));
+            batch.retain(|h| h.route != Route::Client(slot));
         }
     }
 

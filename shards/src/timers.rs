@@ -4,22 +4,27 @@
 //! A binary heap of deadlines over a slab of timer entries. Cancelling frees
 //! the entry at once; its heap node is skipped lazily when it comes up (the
 //! generation in the node no longer matches).
+//!
+//! Timers belong to their entity: when it migrates, [`Timers::take_owned_by`]
+//! lifts its timers out and the new shard [`Timers::adopt`]s them under the
+//! same ids, so a [`TimerId`] the entity kept still cancels its timer.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use crate::entity::KindId;
 use crate::envelope::Envelope;
+use crate::table::KeyMap;
 
-/// Names a timer so it can be cancelled. Stale ids (fired or cancelled timers)
-/// are harmless: cancelling them does nothing.
+/// Names a timer so it can be cancelled. Unique in the engine (the shard that
+/// made it is in the top bits), so it stays valid when its entity moves to
+/// another shard. Stale ids (fired or cancelled timers) are harmless:
+/// cancelling them does nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TimerId {
-    slot: u32,
-    generation: u32,
-}
+pub struct TimerId(u64);
 
 /// Makes the message of each firing of a periodic timer.
-pub type MessageFactory = Box<dyn FnMut() -> Envelope>;
+pub type MessageFactory = Box<dyn FnMut() -> Envelope + Send>;
 
 enum Payload {
     Once(Envelope),
@@ -30,7 +35,20 @@ enum Payload {
 }
 
 struct Entry {
+    id: u64,
     generation: u32,
+    deadline_ns: u64,
+    kind: KindId,
+    key: u64,
+    payload: Payload,
+}
+
+/// A timer lifted out of one shard to follow its entity to another.
+pub struct MovedTimer {
+    id: u64,
+    deadline_ns: u64,
+    kind: KindId,
+    key: u64,
     payload: Payload,
 }
 
@@ -43,14 +61,28 @@ pub struct Timers {
     entries: Vec<Option<Entry>>,
     generations: Vec<u32>,
     free: Vec<u32>,
+    /// Timer id → slot.
+    index: KeyMap<u32>,
+    /// The next id's low bits; the shard index sits above bit 48.
+    next_id: u64,
+    id_base: u64,
     sequence: u64,
     live: usize,
 }
 
 impl Timers {
-    /// No timers.
+    /// No timers, on shard 0.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// No timers, on shard `shard` (its ids never collide with another
+    /// shard's).
+    pub fn for_shard(shard: usize) -> Self {
+        Timers {
+            id_base: (shard as u64) << 48,
+            ..Self::default()
+        }
     }
 
     /// Number of live (not yet fired or cancelled) timers.
@@ -63,18 +95,42 @@ impl Timers {
         self.live == 0
     }
 
-    /// Fires `env` once at `deadline_ns`.
+    /// Fires `env` once at `deadline_ns`; the timer belongs to the entity
+    /// `env` is addressed to.
     pub fn once(&mut self, deadline_ns: u64, env: Envelope) -> TimerId {
-        self.add(deadline_ns, Payload::Once(env))
+        let (kind, key) = (env.kind, env.key);
+        let id = self.fresh_id();
+        self.add(id, deadline_ns, kind, key, Payload::Once(env))
     }
 
-    /// Fires `make()` at `first_ns` and then every `period_ns` (at least 1).
-    pub fn every(&mut self, first_ns: u64, period_ns: u64, make: MessageFactory) -> TimerId {
+    /// Fires `make()` at `first_ns` and then every `period_ns` (at least 1);
+    /// the timer belongs to entity `key` of `kind`.
+    pub fn every(
+        &mut self,
+        first_ns: u64,
+        period_ns: u64,
+        kind: KindId,
+        key: u64,
+        make: MessageFactory,
+    ) -> TimerId {
         let period_ns = period_ns.max(1);
-        self.add(first_ns, Payload::Every { period_ns, make })
+        let id = self.fresh_id();
+        self.add(id, first_ns, kind, key, Payload::Every { period_ns, make })
     }
 
-    fn add(&mut self, deadline_ns: u64, payload: Payload) -> TimerId {
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.id_base | self.next_id
+    }
+
+    fn add(
+        &mut self,
+        id: u64,
+        deadline_ns: u64,
+        kind: KindId,
+        key: u64,
+        payload: Payload,
+    ) -> TimerId {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -85,34 +141,70 @@ impl Timers {
         };
         let generation = self.generations[slot as usize];
         self.entries[slot as usize] = Some(Entry {
+            id,
             generation,
+            deadline_ns,
+            kind,
+            key,
             payload,
         });
+        self.index.insert(id, slot);
         self.sequence += 1;
         self.heap
             .push(Reverse((deadline_ns, self.sequence, slot, generation)));
         self.live += 1;
-        TimerId { slot, generation }
+        TimerId(id)
     }
 
     /// Cancels a timer. Returns whether it was live.
     pub fn cancel(&mut self, id: TimerId) -> bool {
-        match self.entries.get(id.slot as usize) {
-            Some(Some(entry)) if entry.generation == id.generation => {
+        match self.index.get(&id.0) {
+            Some(&slot) => {
                 // Dropping the pending envelope leaks a boxed payload at worst
                 // (its type is not known here); inline payloads need no drop.
-                self.release(id.slot);
+                self.release(slot);
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
-    fn release(&mut self, slot: u32) {
-        self.entries[slot as usize] = None;
+    fn release(&mut self, slot: u32) -> Entry {
+        let entry = self.entries[slot as usize].take().expect("live entry");
+        self.index.remove(&entry.id);
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
         self.free.push(slot);
         self.live -= 1;
+        entry
+    }
+
+    /// Lifts out every timer of entity `key` of `kind` (it is moving to
+    /// another shard). A scan of this shard's live timers: migrations are rare
+    /// next to timer operations, which stay free of any per-entity index.
+    pub fn take_owned_by(&mut self, kind: KindId, key: u64) -> Vec<MovedTimer> {
+        let mut moved = Vec::new();
+        if self.live == 0 {
+            return moved;
+        }
+        for slot in 0..self.entries.len() {
+            let mine = matches!(&self.entries[slot], Some(e) if e.kind == kind && e.key == key);
+            if mine {
+                let e = self.release(slot as u32);
+                moved.push(MovedTimer {
+                    id: e.id,
+                    deadline_ns: e.deadline_ns,
+                    kind: e.kind,
+                    key: e.key,
+                    payload: e.payload,
+                });
+            }
+        }
+        moved
+    }
+
+    /// Takes over a timer that came with its entity, under the same id.
+    pub fn adopt(&mut self, t: MovedTimer) {
+        self.add(t.id, t.deadline_ns, t.kind, t.key, t.payload);
     }
 
     /// The earliest live deadline, if any.
@@ -157,15 +249,14 @@ impl Timers {
                     if next <= now_ns {
                         next = now_ns.saturating_add(*period_ns);
                     }
+                    entry.deadline_ns = next;
                     self.sequence += 1;
                     self.heap
                         .push(Reverse((next, self.sequence, slot, generation)));
                     fire(env);
                 }
                 Payload::Once(_) => {
-                    let entry = self.entries[slot as usize].take().expect("live entry");
-                    self.release(slot);
-                    if let Payload::Once(env) = entry.payload {
+                    if let Payload::Once(env) = self.release(slot).payload {
                         fire(env);
                     }
                 }
@@ -207,7 +298,7 @@ mod tests {
     #[test]
     fn every_repeats_and_cancel_stops_it() {
         let mut t = Timers::new();
-        let id = t.every(10, 10, Box::new(|| env(7)));
+        let id = t.every(10, 10, 0, 7, Box::new(|| env(7)));
         assert_eq!(fire_keys(&mut t, 10), vec![7]);
         assert_eq!(fire_keys(&mut t, 20), vec![7]);
         // Fell far behind: one firing, re-armed from now.
@@ -228,6 +319,28 @@ mod tests {
         assert!(!t.cancel(a), "a fired already; its slot now belongs to b");
         assert_eq!(fire_keys(&mut t, 6), vec![2]);
         assert!(!t.cancel(b));
+    }
+
+    #[test]
+    fn timers_follow_their_entity_under_the_same_id() {
+        let mut a = Timers::for_shard(0);
+        let mut b = Timers::for_shard(1);
+        let keep = a.once(50, env(1));
+        let moving = a.once(10, env(2));
+        let periodic = a.every(20, 20, 0, 2, Box::new(|| env(2)));
+        let theirs = b.once(30, env(3));
+        assert_ne!(moving, theirs, "ids are unique across shards");
+        let moved = a.take_owned_by(0, 2);
+        assert_eq!(moved.len(), 2);
+        assert_eq!(a.len(), 1);
+        for t in moved {
+            b.adopt(t);
+        }
+        assert_eq!(fire_keys(&mut b, 20), vec![2, 2]);
+        assert!(b.cancel(periodic), "the id still names the moved timer");
+        assert!(!b.cancel(moving), "it fired already");
+        assert_eq!(fire_keys(&mut b, 100), vec![3]);
+        assert!(a.cancel(keep));
     }
 
     #[test]
