@@ -17,6 +17,8 @@ pub(crate) use shard_loop::{spawn_shard, ShardInit};
 pub(crate) const RING_DRAIN_BATCH: usize = 256;
 /// Most local-queue messages handled per pass.
 pub(crate) const LOCAL_BATCH: usize = 1024;
+/// Local-queue messages handled between publishes of the outboxes.
+pub(crate) const LOCAL_SLICE: usize = 64;
 /// Most timers fired per pass.
 pub(crate) const TIMER_BATCH: usize = 1024;
 /// How often a busy shard publishes its metrics.

@@ -13,7 +13,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use percore_shards::{Destination, Envelope, Shard, ShardSpec};
 use rtrb::{Consumer, Producer};
 
-use super::{LOCAL_BATCH, METRICS_INTERVAL_NS, RING_DRAIN_BATCH, TIMER_BATCH};
+use super::{LOCAL_BATCH, LOCAL_SLICE, METRICS_INTERVAL_NS, RING_DRAIN_BATCH, TIMER_BATCH};
 use crate::config::IdlePolicy;
 use crate::durability::{self, ShardLog, ShardRecovery};
 use crate::error::Error;
@@ -296,14 +296,33 @@ impl ShardLoop {
         if !stopping {
             work += self.shard.fire_timers(TIMER_BATCH);
         }
-        work += self.shard.run_local(LOCAL_BATCH);
+        // The local queue in slices, publishing between them: a message a
+        // handler sends elsewhere should not wait for a long pass to end
+        // (the plaza example's broadcasts showed it).
+        let mut local = 0;
+        while local < LOCAL_BATCH {
+            let n = self.shard.run_local(LOCAL_SLICE);
+            local += n;
+            if n < LOCAL_SLICE {
+                break;
+            }
+            if self.shard.has_outbound() {
+                self.flush();
+            }
+        }
+        work += local;
         if let Some(log) = &mut self.log {
             log.commit_and_poll(&mut self.shard);
         }
         self.flush();
         // Moves go after the flush: an entity leaves only once everything
         // this shard holds for others is in rings (see `Shard::run_moves`).
-        self.shard.run_moves();
+        if self.shard.has_moves() {
+            // The departure time of a pause, read now rather than at the
+            // start of the pass.
+            self.shard.set_now(self.shared.now_ns());
+            self.shard.run_moves();
+        }
         if self.shard.has_outbound() {
             self.flush();
         }
@@ -334,6 +353,12 @@ impl ShardLoop {
         }
         let taken = chunk.iterated();
         drop(chunk);
+        if self.shard.has_outbound() {
+            self.flush();
+        }
+        if self.shard.has_unstamped() {
+            self.shard.stamp_settled(self.shared.now_ns());
+        }
         self.received += taken as u64;
         if ready == self.inbound[i].1.buffer().capacity() {
             // The sender may have parked with more waiting for room.

@@ -310,6 +310,8 @@ pub(crate) struct Migration {
     pub(crate) streak: u32,
     pub(crate) handled_at_window: u64,
     pub(crate) pauses: Vec<u64>,
+    /// Departure times of entities settled but not yet stamped.
+    pub(crate) unstamped: Vec<u64>,
 }
 
 impl Shard {
@@ -521,13 +523,7 @@ impl Shard {
     }
 
     fn settled(&mut self, left_ns: u64, reply: Option<(SenderId, u64)>, kind: KindId, key: u64) {
-        let pause = self.svc.now_ns.saturating_sub(left_ns);
-        let c = &mut self.svc.counters;
-        c.pause_ns_total += pause;
-        c.pause_ns_max = c.pause_ns_max.max(pause);
-        if self.mig.pauses.len() < 1 << 16 {
-            self.mig.pauses.push(pause);
-        }
+        self.mig.unstamped.push(left_ns);
         if let Some((sender, token)) = reply {
             self.answer_move(sender, token, kind, key, MoveOutcome::Done);
         }
@@ -800,6 +796,33 @@ impl Shard {
         self.tables
             .get(kind as usize)?
             .heat_of(key, self.svc.window)
+    }
+
+    /// Whether entities settled here since the last [`Shard::stamp_settled`].
+    #[inline]
+    pub fn has_unstamped(&self) -> bool {
+        !self.mig.unstamped.is_empty()
+    }
+
+    /// Records the pauses of the entities that settled since the last call,
+    /// as ending at `now_ns` (the runtime reads its clock right after the
+    /// deliveries that settled them, so a pause is never understated).
+    pub fn stamp_settled(&mut self, now_ns: u64) {
+        for left_ns in std::mem::take(&mut self.mig.unstamped) {
+            let pause = now_ns.saturating_sub(left_ns);
+            let c = &mut self.svc.counters;
+            c.pause_ns_total += pause;
+            c.pause_ns_max = c.pause_ns_max.max(pause);
+            if self.mig.pauses.len() < 1 << 16 {
+                self.mig.pauses.push(pause);
+            }
+        }
+    }
+
+    /// Whether moves wait to be carried out (see [`Shard::run_moves`]).
+    #[inline]
+    pub fn has_moves(&self) -> bool {
+        !self.mig.moves.is_empty()
     }
 
     /// Moves the pauses recorded since the last call (nanoseconds an entity

@@ -305,6 +305,8 @@ impl Sim {
                     let Some(env) = env else { break };
                     self.shards[s].deliver(env);
                     self.honour_fences(s);
+                    let now = self.shards[s].now_ns();
+                    self.shards[s].stamp_settled(now);
                     did = true;
                 }
                 did
