@@ -61,6 +61,8 @@ pub struct ShardMetrics {
     pub moves_refused: u64,
     /// Longest migration pause seen on arrival here, nanoseconds.
     pub pause_ns_max: u64,
+    /// Sum of the migration pauses of arrivals here, nanoseconds.
+    pub pause_ns_total: u64,
     /// Share of the last heat window spent handling messages, in thousandths.
     pub load_permille: u64,
 }
@@ -101,6 +103,7 @@ impl Metrics {
             t.held += s.held;
             t.moves_refused += s.moves_refused;
             t.pause_ns_max = t.pause_ns_max.max(s.pause_ns_max);
+            t.pause_ns_total += s.pause_ns_total;
             t.load_permille += s.load_permille;
         }
         t
@@ -125,7 +128,7 @@ pub struct PauseStats {
 #[derive(Default)]
 #[repr(align(128))]
 pub(crate) struct MetricsCell {
-    fields: [AtomicU64; 25],
+    fields: [AtomicU64; 26],
 }
 
 impl MetricsCell {
@@ -164,6 +167,7 @@ impl MetricsCell {
             c.moves_refused,
             c.pause_ns_max,
             (load * 1000.0).round() as u64,
+            c.pause_ns_total,
         ];
         for (cell, v) in self.fields.iter().zip(values) {
             cell.store(v, Ordering::Relaxed);
@@ -200,6 +204,7 @@ impl MetricsCell {
             moves_refused: f(22),
             pause_ns_max: f(23),
             load_permille: f(24),
+            pause_ns_total: f(25),
         }
     }
 }

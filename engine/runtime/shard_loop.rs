@@ -365,7 +365,10 @@ impl ShardLoop {
             self.shared.doorbells[from].notify();
         }
         for f in fences.into_iter().flatten() {
-            if let Some(j) = self.inbound.iter().position(|(s, _)| *s == f) {
+            if f == self.index {
+                let queued = self.shard.local_len();
+                self.shard.run_local(queued);
+            } else if let Some(j) = self.inbound.iter().position(|(s, _)| *s == f) {
                 self.drain_inbound(j, usize::MAX);
             }
         }

@@ -160,6 +160,20 @@ impl<'a, E: Entity> Ctx<'a, E> {
         self.svc.timers.cancel(timer)
     }
 
+    /// Moves this entity to shard `shard` once the handler returns (at the
+    /// end of the shard's pass): to sit beside the entities it talks to
+    /// most, say. Every sender's order holds across the move, as with any
+    /// other. Returns `false` (and does nothing) if there is no such shard.
+    /// A pinned entity stays where it is.
+    pub fn move_to(&mut self, shard: usize) -> bool {
+        if shard >= self.svc.spec.shard_count {
+            return false;
+        }
+        let mv = crate::migrate::mv_again(self.kind, self.key, shard, None);
+        self.svc.self_moves.push(mv);
+        true
+    }
+
     /// Keeps this entity on its shard: explicit moves are refused and the
     /// rebalancer passes it by, until [`Ctx::unpin`]. (For state tied to the
     /// shard, such as a shard-local task's handle.)

@@ -279,8 +279,8 @@ impl Default for RebalancePolicy {
     }
 }
 
-/// A move waiting for the end of the pass.
-pub(crate) struct PendingMove {
+/// A move waiting for the end of the pass (opaque outside this crate).
+pub struct PendingMove {
     kind: KindId,
     key: u64,
     target: usize,
@@ -445,11 +445,13 @@ impl Shard {
         self.svc.counters.migrations_in += 1;
         // What it sent from its old shard may still wait in rings from there:
         // every shard it may send to drains that ring before it sees anything
-        // this shard sends next. (Its old shard sent nothing of it it has not
-        // handed to a ring: see `run_moves`.)
+        // this shard sends next. (Its old shard had handed everything for
+        // other shards to rings when it left: see `run_moves`.)
+        // The old shard itself gets one too: what the entity sent there sat
+        // in its local queue, which it runs before going on.
         let fence_from = m.origin as u32;
         for d in 0..self.svc.spec.shard_count {
-            if d != self.index() && d != m.origin {
+            if d != self.index() {
                 let fence = Envelope::new(kind, key, Op::Fence, fence_from)
                     .with_route(self.index() as SenderId, 0);
                 self.svc.to_shards[d].push(fence);
@@ -549,14 +551,16 @@ impl Shard {
     /// leaves only after its last change here was appended, so the outputs
     /// this shard holds for that change wait for the right record.
     pub fn run_moves(&mut self) {
-        if self.mig.moves.is_empty() {
+        if !self.has_moves() {
             return;
         }
-        // An entity leaves only when everything this shard holds for others
-        // is in rings: what it sent here cannot then be overtaken by what it
-        // sends from its new shard (the receivers drain the ring from here
-        // first, on its fence).
-        if !self.svc.local.is_empty() || self.svc.to_shards.iter().any(|o| !o.is_empty()) {
+        self.mig.moves.append(&mut self.svc.self_moves);
+        // An entity leaves only when everything this shard holds for other
+        // shards is in rings: what it sent from here cannot then be
+        // overtaken by what it sends from its new shard (the receivers drain
+        // the ring from here first, on its fence; this shard runs its local
+        // queue first).
+        if self.svc.to_shards.iter().any(|o| !o.is_empty()) {
             return;
         }
         for mv in std::mem::take(&mut self.mig.moves) {
@@ -597,12 +601,11 @@ impl Shard {
                 return self.route_addressed(env);
             }
             Some(Place::Settling(_)) => {
-                // A request that came the old way (a straggler) while the
-                // entity waits for its marker: it moves once settled. The
-                // rebalancer's own picks skip settling entities.
-                if reply.is_some() {
-                    self.mig.deferred.push(mv_again(kind, key, target, reply));
-                }
+                // A request that came the old way (a straggler), or the
+                // entity's own (it handled a straggler), while it waits for
+                // its marker: it moves once settled. (The rebalancer's picks
+                // skip settling entities.)
+                self.mig.deferred.push(mv_again(kind, key, target, reply));
                 return;
             }
             None if !self.is_home(id) => {
@@ -661,6 +664,20 @@ impl Shard {
         let transfer =
             Envelope::new(kind, key, Op::Transfer, migrant).with_route(me as SenderId, 0);
         self.svc.to_shards[target].push(transfer);
+        // Timer firings already queued here for it follow it, behind it (an
+        // old owner that is not its home forgets it once the marker passes).
+        if me != home && !self.svc.local.is_empty() {
+            let local = std::mem::take(&mut self.svc.local);
+            for mut env in local {
+                if (env.kind, env.key) == id && env.op.is_addressed() {
+                    env.status = STRAGGLER;
+                    self.svc.counters.forwarded += 1;
+                    self.svc.to_shards[target].push(env);
+                } else {
+                    self.svc.local.push_back(env);
+                }
+            }
+        }
         if settle && target != home {
             let moved =
                 Envelope::new(kind, key, Op::Moved, target as u32).with_route(me as SenderId, 0);
@@ -698,8 +715,10 @@ impl Shard {
     }
 
     /// Shards whose inbound ring the runtime must drain completely before
-    /// delivering anything more (an entity that sends moved from there).
-    /// Check after each delivery from a ring.
+    /// delivering anything more (an entity that sends moved from there);
+    /// this shard's own index means its local queue, as long as it is now
+    /// ([`Shard::run_local`] of [`Shard::local_len`]). Check after each
+    /// delivery from a ring.
     #[inline]
     pub fn take_fences(&mut self) -> Option<Vec<usize>> {
         if self.mig.fences.is_empty() {
@@ -822,7 +841,7 @@ impl Shard {
     /// Whether moves wait to be carried out (see [`Shard::run_moves`]).
     #[inline]
     pub fn has_moves(&self) -> bool {
-        !self.mig.moves.is_empty()
+        !self.mig.moves.is_empty() || !self.svc.self_moves.is_empty()
     }
 
     /// Moves the pauses recorded since the last call (nanoseconds an entity
@@ -883,7 +902,12 @@ impl Shard {
     }
 }
 
-fn mv_again(kind: KindId, key: u64, target: usize, reply: Option<(SenderId, u64)>) -> PendingMove {
+pub(crate) fn mv_again(
+    kind: KindId,
+    key: u64,
+    target: usize,
+    reply: Option<(SenderId, u64)>,
+) -> PendingMove {
     PendingMove {
         kind,
         key,

@@ -17,7 +17,7 @@ use crate::entity::KindId;
 use crate::envelope::{Envelope, Op, SenderId, CLIENT_BIT};
 use crate::error::AskError;
 use crate::kinds::Kinds;
-use crate::migrate::{EntityRef, HotList, Migration, PairSet};
+use crate::migrate::{EntityRef, HotList, Migration, PairSet, PendingMove};
 use crate::timers::Timers;
 
 /// Counters of one shard. Monotonic; the runtime publishes snapshots.
@@ -207,6 +207,8 @@ pub struct Services {
     pub(crate) hot: HotList,
     /// Entities that refuse to move.
     pub(crate) pinned: PairSet,
+    /// Moves handlers asked for ([`Ctx::move_to`](crate::Ctx::move_to)).
+    pub(crate) self_moves: Vec<PendingMove>,
 }
 
 impl Services {
@@ -464,6 +466,7 @@ impl Shard {
                 window: 0,
                 hot: HotList::default(),
                 pinned: PairSet::default(),
+                self_moves: Vec::new(),
             },
             mig: Migration::default(),
         }

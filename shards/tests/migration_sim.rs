@@ -108,6 +108,11 @@ impl Entity for Relay {
                 let seq = self.next.entry(counter).or_insert(0);
                 *seq += 1;
                 let m = CounterMsg::Seq { sender, seq: *seq };
+                if (*seq).is_multiple_of(5) {
+                    // Now and then a relay moves itself, mid-stream.
+                    let to = (ctx.key() + *seq) as usize % ctx.shard_count();
+                    assert!(ctx.move_to(to));
+                }
                 RELAYED.with(|r| r.borrow_mut().insert((counter, sender), *seq));
                 let sent = if ask {
                     ASKS.with(|a| a.borrow_mut().0 += 1);
@@ -343,6 +348,11 @@ impl Sim {
     fn honour_fences(&mut self, s: usize) {
         if let Some(fences) = self.shards[s].take_fences() {
             for from in fences {
+                if from == s {
+                    let queued = self.shards[s].local_len();
+                    self.shards[s].run_local(queued);
+                    continue;
+                }
                 while let Some(env) = self.rings[from][s].pop_front() {
                     self.shards[s].deliver(env);
                     self.honour_fences(s);
