@@ -116,7 +116,7 @@ impl EngineBuilder {
         self
     }
 
-    /// Heat windows and the automatic rebalancer (see [`RebalanceConfig`]).
+    /// Heat windows and the automatic rebalancer (see [`RebalanceConfig`](crate::RebalanceConfig)).
     /// Default: 100 ms windows, rebalancing off.
     pub fn rebalance(mut self, rebalance: crate::RebalanceConfig) -> Self {
         self.config.rebalance = rebalance;

@@ -20,6 +20,12 @@
 //!   can stop its entity.
 //! - A panicking handler is caught: its entity restarts fresh, an asker gets
 //!   [`AskError::Panicked`], the shard goes on.
+//! - Entities move between shards while the engine runs —
+//!   [`Client::migrate`], [`Ctx::move_to`], or the rebalancer
+//!   ([`RebalanceConfig`]) moving the hottest entities off a busy shard —
+//!   with their state, timers and every sender's order; senders keep
+//!   addressing them the same way. [`Ctx::pin`] or `const MOVABLE = false`
+//!   keeps them put.
 //! - Nothing is dropped silently: full rings give backpressure
 //!   ([`TellError::Full`] hands the message back), handler sends wait in a
 //!   bounded overflow queue.

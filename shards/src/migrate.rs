@@ -4,7 +4,7 @@
 //!
 //! Every sender addresses an entity at its *home* shard (a hash of kind and
 //! key), whether or not it still lives there. A home shard whose entity moved
-//! away keeps a pointer ([`Place::Away`]) and forwards what arrives for it to
+//! away keeps a pointer to its owner and forwards what arrives for it to
 //! the owner, on the ring between them. Each hop is FIFO, so every sender's
 //! order holds along the path sender → home → owner.
 //!
