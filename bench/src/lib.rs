@@ -15,10 +15,12 @@
 //! - [`harness`]: pinned threads, per-core tokio runtimes, a countdown latch, a spin
 //!   backoff and the xorshift generator, shared by the system modules.
 //! - [`measure`]: clocks, resident memory, CPU time and latency histograms.
+//! - [`scratch`]: scratch directories and the page cache, for the durable workloads.
 //! - [`report`]: the plain figure lines and the markdown table.
 
 pub mod harness;
 pub mod measure;
 pub mod report;
+pub mod scratch;
 pub mod systems;
 pub mod workload;

@@ -34,6 +34,17 @@ pub fn rate(metric: &'static str, count: u64, elapsed: Duration) -> Figure {
     Figure::new(metric, count as f64 / elapsed.as_secs_f64())
 }
 
+/// `bytes` over `elapsed`, in gigabytes (10^9 bytes) per second, named `metric`.
+///
+/// # Panics
+///
+/// Panics if `elapsed` is zero, as [`rate`] does.
+pub fn gb_per_s(metric: &'static str, bytes: u64, elapsed: Duration) -> Figure {
+    let mut figure = rate(metric, bytes, elapsed);
+    figure.value /= 1e9;
+    figure
+}
+
 /// The figures of the `activate` workload: `per_s` and `bytes_per_entity`.
 ///
 /// `rss_before_bytes` and `rss_after_bytes` come from [`rss_bytes`], taken before the

@@ -11,6 +11,10 @@
 //! on stdout as soon as its median is known, shows progress on stderr, and ends with a
 //! markdown table. It exits with status 1 if any child failed or timed out (the other
 //! figures are still reported).
+//!
+//! The durable workloads (`durable_ask`, `durable_records`, `recovery`) run on percore
+//! and on `fdatasync`, raw file I/O on the same filesystem; their files go under
+//! [`percore_bench::scratch::base_dir`] and are removed by the child that wrote them.
 
 use std::io::{Read, Write};
 use std::process::{Command, ExitCode, Stdio};
@@ -30,7 +34,11 @@ usage: versus [--quick] [--only SYSTEM[,SYSTEM]] [--workloads WORKLOAD[,WORKLOAD
 
   --quick       a reduced run (smoke check, well under a minute)
   --only        run only these systems
-  --workloads   run only these workloads (tell, ask, many, activate, fanout, idle)";
+  --workloads   run only these workloads (tell, ask, many, activate, fanout, idle,
+                durable_ask, durable_records, recovery)
+
+The durable workloads write under the system temporary directory, or under
+$VERSUS_DATA_DIR if set.";
 
 struct Options {
     scale: Scale,

@@ -8,9 +8,15 @@
 //! | `activate` | create [`Scale::activate_entities`] entities on one core, ending when all are live | `per_s`, `bytes_per_entity` |
 //! | `fanout` | a room on [`SENDER_CORE`] sends one message to each of [`FANOUT_PLAYERS`] players on [`RECEIVER_CORE`], [`Scale::fanout_rounds`] times; ends when every player handled the last round | `deliveries_per_s` |
 //! | `idle` | the system in its default configuration, one idle receiver, nothing to do for [`Scale::idle`] | `cpu_pct` (of one core) |
+//! | `durable_ask` | like `ask`, but every request changes a durable entity's [`DURABLE_STATE_LEN_BYTES`]-byte state (synced durability), so every reply waits for its record to be written and `fdatasync`ed; [`Scale::durable_ask_warmup`] unrecorded, then [`Scale::durable_ask_samples`] recorded. The raw counterpart writes one [`DURABLE_RECORD_LEN_BYTES`]-byte record and `fdatasync`s per round trip | `p50_ns`, `p99_ns`, `p999_ns` |
+//! | `durable_records` | [`Scale::durable_rounds`] rounds of one tell to each of [`DURABLE_KEYS`] durable entities on one shard, sent in batches from the other core: one record per tell, group commit; synced, then again buffered. The raw counterpart writes the same bytes in 1 MiB batches, each `fdatasync`ed | `records_per_s`, `buffered_records_per_s` |
+//! | `recovery` | a log of about [`Scale::recovery_log_bytes`] of [`RECOVERY_STATE_LEN_BYTES`]-byte states of [`Scale::recovery_keys`] entities, then engine starts that recover it: first with the log evicted from the page cache, then with it cached. The raw counterpart reads a file of that size | `gb_per_s`, `cold_gb_per_s` (and `records_per_s`) |
 //!
 //! A system skips a workload that makes no sense for it (a raw channel has nothing to
-//! activate) by leaving it out of its table entry; nothing is printed for it.
+//! activate) by leaving it out of its table entry; nothing is printed for it. The
+//! durable workloads run on percore and on `fdatasync`, the raw file I/O they are
+//! measured against, both in a [`ScratchDir`](crate::scratch::ScratchDir) (the same
+//! filesystem for both).
 //!
 //! [`SENDER_CORE`]: crate::harness::SENDER_CORE
 //! [`RECEIVER_CORE`]: crate::harness::RECEIVER_CORE
@@ -34,17 +40,26 @@ pub enum Workload {
     Fanout,
     /// CPU used while there is nothing to do.
     Idle,
+    /// Sequential request/reply latency when every request changes a durable state.
+    DurableAsk,
+    /// Durable records logged per second by one shard under group commit.
+    DurableRecords,
+    /// Bytes of log read per second by an engine recovering at start.
+    Recovery,
 }
 
 impl Workload {
     /// Every workload, in the order they run and are reported.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Tell,
         Workload::Ask,
         Workload::Many,
         Workload::Activate,
         Workload::Fanout,
         Workload::Idle,
+        Workload::DurableAsk,
+        Workload::DurableRecords,
+        Workload::Recovery,
     ];
 
     /// The workload's name on the command line and in the output.
@@ -56,6 +71,9 @@ impl Workload {
             Workload::Activate => "activate",
             Workload::Fanout => "fanout",
             Workload::Idle => "idle",
+            Workload::DurableAsk => "durable_ask",
+            Workload::DurableRecords => "durable_records",
+            Workload::Recovery => "recovery",
         }
     }
 
@@ -73,6 +91,23 @@ pub const MANY_SENDERS: usize = 2;
 
 /// Players a room broadcasts to in the `fanout` workload.
 pub const FANOUT_PLAYERS: u64 = 1_000;
+
+/// Size of the durable state changed by `durable_ask` and `durable_records` (two
+/// `u64`s, logged as its bytes).
+pub const DURABLE_STATE_LEN_BYTES: usize = 16;
+
+/// Size of one logged record of a [`DURABLE_STATE_LEN_BYTES`] state: the 64-byte
+/// header and the padded payload. The raw counterparts write records of this size.
+pub const DURABLE_RECORD_LEN_BYTES: usize = percore::log::record_len(DURABLE_STATE_LEN_BYTES);
+
+/// Durable entities told once per round in `durable_records`.
+pub const DURABLE_KEYS: u64 = 100_000;
+
+/// Size of the durable state whose changes fill the log `recovery` reads back.
+pub const RECOVERY_STATE_LEN_BYTES: usize = 1024;
+
+/// Size of one logged record of a [`RECOVERY_STATE_LEN_BYTES`] state.
+pub const RECOVERY_RECORD_LEN_BYTES: usize = percore::log::record_len(RECOVERY_STATE_LEN_BYTES);
 
 /// Seed of the first sender's key stream in `many`; the second uses the next seed.
 const MANY_SEED: u64 = 0x5EED_0F4A_1100;
@@ -140,6 +175,39 @@ impl Scale {
     /// How long `idle` watches the CPU.
     pub fn idle(self) -> Duration {
         Duration::from_secs(self.pick(1, 5))
+    }
+
+    /// Round trips made before recording in `durable_ask`.
+    pub fn durable_ask_warmup(self) -> u64 {
+        self.pick(100, 500)
+    }
+
+    /// Round trips recorded in `durable_ask` (each one waits for an `fdatasync`).
+    pub fn durable_ask_samples(self) -> u64 {
+        self.pick(1_000, 10_000)
+    }
+
+    /// Rounds of one tell to each of [`DURABLE_KEYS`] entities in `durable_records`,
+    /// after the unmeasured round that activates them.
+    pub fn durable_rounds(self) -> u64 {
+        self.pick(2, 20)
+    }
+
+    /// Entities whose changes fill the log in `recovery`.
+    pub fn recovery_keys(self) -> u64 {
+        self.pick(10_000, 100_000)
+    }
+
+    /// Rounds of one change to each of [`Scale::recovery_keys`] entities that fill
+    /// the log in `recovery`.
+    pub fn recovery_rounds(self) -> u64 {
+        self.pick(6, 10)
+    }
+
+    /// Approximate size of the log `recovery` reads back: about 65 MB in a quick run,
+    /// 1.09 GB in a full one.
+    pub fn recovery_log_bytes(self) -> u64 {
+        self.recovery_keys() * self.recovery_rounds() * RECOVERY_RECORD_LEN_BYTES as u64
     }
 
     /// Fresh child processes run per (system, workload); the reported figure is

@@ -14,6 +14,7 @@ use crate::workload::{Scale, Workload};
 pub mod actix;
 pub mod crossbeam;
 pub mod dashmap;
+pub mod fsync;
 pub mod kameo;
 pub mod percore;
 pub mod ractor;
@@ -54,6 +55,7 @@ pub const ALL: &[System] = &[
     kameo::SYSTEM,
     ractor::SYSTEM,
     dashmap::SYSTEM,
+    fsync::SYSTEM,
 ];
 
 /// The system called `name`, if any.

@@ -8,17 +8,47 @@
 //! policy (shards spin 200 µs before parking, clients 50 µs: `p50_ns`, …) and
 //! with everything parking at once (`IdlePolicy::Park`, no client spin:
 //! `park_p50_ns`, …).
+//!
+//! The durable workloads register `bytemuck::Pod` states with
+//! `EngineBuilder::register_durable_pod` on one shard on [`RECEIVER_CORE`],
+//! with a fresh `EngineBuilder::data_dir` under
+//! [`scratch::base_dir`] and otherwise the default
+//! configuration (synced durability, 64 MiB segments, 256 MiB between
+//! checkpoints):
+//!
+//! - `durable_ask`: `Client::ask` from [`SENDER_CORE`], each ask one change
+//!   of a 16-byte state, so each reply waits for a write and an `fdatasync`.
+//! - `durable_records`: `Client::tell_batch` of one change to each of
+//!   [`DURABLE_KEYS`] entities per round; the records are counted with the
+//!   shard's `records_logged` metric, the end is the reply to an ask sent
+//!   after the last round (held until every record before it is durable).
+//!   Measured synced (`records_per_s`), then buffered
+//!   (`buffered_records_per_s`, `DurabilityLevel::Buffered`).
+//! - `recovery`: an engine writes the log (buffered, to be quick, and with
+//!   checkpoints out of reach so the log keeps every record), then the time of
+//!   `EngineBuilder::build` on that data directory is measured, its
+//!   `Engine::recovery().log_bytes` divided by it: first after evicting the
+//!   log's files from the page cache (`cold_gb_per_s`), then with them cached
+//!   by that first start (`gb_per_s`, and `records_per_s`). Checkpoints stay
+//!   out of reach in every start, so both read the same log. How much of the
+//!   log's files is in the page cache before each start goes to stderr.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use percore::{Ctx, Engine, EngineBuilder, Entity, IdlePolicy};
+use percore::bytemuck::{Pod, Zeroable};
+use percore::{Ctx, DurabilityLevel, Engine, EngineBuilder, EngineConfig, Entity, IdlePolicy};
 
 use super::System;
 use crate::harness::{pin, spawn_on, Countdown, CORES, RECEIVER_CORE, SENDER_CORE};
-use crate::measure::{self, rate, Figure, Latencies};
-use crate::workload::{fanout_player_sum, ManyPlan, Scale, Workload, FANOUT_PLAYERS, MANY_KEYS};
+use crate::measure::{self, gb_per_s, rate, Figure, Latencies};
+use crate::scratch::{self, ScratchDir};
+use crate::workload::{
+    fanout_player_sum, ManyPlan, Scale, Workload, DURABLE_KEYS, DURABLE_STATE_LEN_BYTES,
+    FANOUT_PLAYERS, MANY_KEYS, RECOVERY_STATE_LEN_BYTES,
+};
 
 /// The percore entry of the system table.
 pub const SYSTEM: System = System {
@@ -30,6 +60,9 @@ pub const SYSTEM: System = System {
         (Workload::Activate, activate),
         (Workload::Fanout, fanout),
         (Workload::Idle, idle),
+        (Workload::DurableAsk, durable_ask),
+        (Workload::DurableRecords, durable_records),
+        (Workload::Recovery, recovery),
     ],
 };
 
@@ -131,6 +164,68 @@ impl Entity for Room {
     }
 }
 
+/// A durable account: plain old data, logged as its 16 bytes. A message adds
+/// its amount and counts the change; 0 changes nothing (no record), so an ask
+/// of 0 only waits for the records logged before it.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[bytemuck(crate = "percore::bytemuck")]
+#[repr(C)]
+struct Account {
+    balance: u64,
+    changes: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<Account>() == DURABLE_STATE_LEN_BYTES);
+
+impl Entity for Account {
+    const KIND: &'static str = "account";
+    type Msg = u64;
+    type Reply = u64;
+
+    fn activate(_key: u64) -> Self {
+        Account::zeroed()
+    }
+
+    fn handle(&mut self, amount: u64, _: &mut Ctx<'_, Self>) -> u64 {
+        if amount != 0 {
+            self.balance += amount;
+            self.changes += 1;
+        }
+        self.balance
+    }
+}
+
+/// A durable profile whose 1 KiB state fills the log `recovery` reads: a
+/// message counts itself and stores its value in one of the other words; 0
+/// changes nothing.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[bytemuck(crate = "percore::bytemuck")]
+#[repr(C)]
+struct Profile {
+    words: [u64; RECOVERY_STATE_LEN_BYTES / 8],
+}
+
+const _: () = assert!(std::mem::size_of::<Profile>() == RECOVERY_STATE_LEN_BYTES);
+
+impl Entity for Profile {
+    const KIND: &'static str = "profile";
+    type Msg = u64;
+    type Reply = u64;
+
+    fn activate(_key: u64) -> Self {
+        Profile::zeroed()
+    }
+
+    fn handle(&mut self, value: u64, _: &mut Ctx<'_, Self>) -> u64 {
+        if value != 0 {
+            self.words[0] += 1;
+            let slot = 1 + (self.words[0] as usize) % (self.words.len() - 1);
+            self.words[slot] = value;
+        }
+        self.words[0]
+    }
+}
+
 fn builder() -> EngineBuilder {
     Engine::builder()
         .register::<Counter>()
@@ -140,6 +235,39 @@ fn builder() -> EngineBuilder {
 
 fn start(builder: EngineBuilder) -> Engine {
     builder.build().expect("percore engine starts")
+}
+
+/// One shard on [`RECEIVER_CORE`] with the durable kinds and its log under
+/// `dir`; `config` is the default one unless a workload says otherwise.
+fn durable_builder(dir: &Path, config: EngineConfig) -> EngineBuilder {
+    Engine::builder()
+        .config(config)
+        .cores([RECEIVER_CORE])
+        .data_dir(dir)
+        .register_durable_pod::<Account>()
+        .register_durable_pod::<Profile>()
+}
+
+/// Waits until the (only) shard has published at least `at_least` logged
+/// records, and returns its count. Shards publish metrics at least every
+/// millisecond while busy and whenever they go idle.
+///
+/// # Panics
+///
+/// Panics if the count is not reached within a minute (a hang, not a slow disk).
+fn records_logged_at_least(engine: &Engine, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logged = engine.metrics().total().records_logged;
+        if logged >= at_least {
+            return logged;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {logged} of {at_least} records logged after a minute"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn tell(scale: Scale) -> Vec<Figure> {
@@ -344,4 +472,153 @@ fn idle(scale: Scale) -> Vec<Figure> {
     drop(client);
     engine.shutdown().expect("shutdown");
     figures
+}
+
+fn durable_ask(scale: Scale) -> Vec<Figure> {
+    let warmup = scale.durable_ask_warmup();
+    let total = warmup + scale.durable_ask_samples();
+    let dir = ScratchDir::new("percore-durable-ask");
+    let engine = start(durable_builder(dir.path(), EngineConfig::default()));
+    let client = engine.client().expect("client");
+    let latencies = spawn_on(SENDER_CORE, "percore-asker", move || {
+        let mut latencies = Latencies::new();
+        for i in 0..total {
+            let start = Instant::now();
+            let balance = client.ask::<Account>(0, 1).expect("durable ask");
+            let latency = start.elapsed();
+            debug_assert_eq!(balance, i + 1);
+            if i >= warmup {
+                latencies.record(latency);
+            }
+        }
+        latencies
+    })
+    .join()
+    .expect("asker");
+    let logged = engine.shutdown().expect("shutdown").total().records_logged;
+    assert_eq!(logged, total, "one record per ask");
+    latencies.figures()
+}
+
+/// Logs [`Scale::durable_rounds`] changes of each of [`DURABLE_KEYS`] accounts
+/// at durability `level` and returns records logged per second.
+fn records_per_s(scale: Scale, level: DurabilityLevel) -> f64 {
+    let dir = ScratchDir::new("percore-durable-records");
+    let engine = start(durable_builder(dir.path(), EngineConfig::default()).durability(level));
+    let client = engine.client().expect("client");
+    // Activate every account (one record each), unmeasured.
+    client
+        .tell_batch::<Account, _>((0..DURABLE_KEYS).map(|key| (key, 1)))
+        .expect("tell_batch");
+    client.ask::<Account>(0, 0).expect("ask");
+    let before = records_logged_at_least(&engine, DURABLE_KEYS);
+    let rounds = scale.durable_rounds();
+    let start = Instant::now();
+    for round in 0..rounds {
+        client
+            .tell_batch::<Account, _>((0..DURABLE_KEYS).map(|key| (key, round + 2)))
+            .expect("tell_batch");
+    }
+    // Held until every record before it is durable (the output gate).
+    client.ask::<Account>(0, 0).expect("ask");
+    let elapsed = start.elapsed();
+    drop(client);
+    let after = engine.shutdown().expect("shutdown").total().records_logged;
+    let records = after - before;
+    if records != DURABLE_KEYS * rounds {
+        eprintln!(
+            "versus: percore durable_records: {records} records logged for {} changes",
+            DURABLE_KEYS * rounds
+        );
+    }
+    rate("records_per_s", records, elapsed).value
+}
+
+fn durable_records(scale: Scale) -> Vec<Figure> {
+    pin(SENDER_CORE);
+    vec![
+        Figure::new(
+            "records_per_s",
+            records_per_s(scale, DurabilityLevel::Synced),
+        ),
+        Figure::new(
+            "buffered_records_per_s",
+            records_per_s(scale, DurabilityLevel::Buffered),
+        ),
+    ]
+}
+
+/// The configuration of the engines of `recovery`: checkpoints out of reach,
+/// so that no start rewrites the log the next one reads (a start counts the log
+/// it recovered towards its next checkpoint, and would begin one at once).
+fn recovery_config() -> EngineConfig {
+    EngineConfig {
+        checkpoint_len_bytes: u64::MAX,
+        ..EngineConfig::default()
+    }
+}
+
+/// Starts an engine on `dir` and returns how long `build` took and what it
+/// recovered, then shuts it down. What was cached beforehand goes to stderr,
+/// labelled `what`.
+fn timed_recovery(dir: &Path, what: &str, keys: u64) -> (Duration, percore::RecoveryReport) {
+    let files = scratch::files_under(dir).expect("list the log");
+    let cached = scratch::resident_share(&files).unwrap_or(f64::NAN);
+    let file_bytes: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let builder = durable_builder(dir, recovery_config());
+    let began = Instant::now();
+    let engine = start(builder);
+    let elapsed = began.elapsed();
+    let report = engine.recovery();
+    engine.shutdown().expect("shutdown");
+    assert_eq!(report.entities, keys, "every profile recovered");
+    eprintln!(
+        "versus: percore recovery ({what}): {:.1} MB of records in {:.1} MB of segment files \
+         ({:.1} MB of them in the page cache before the start), {} records, {:.1} ms",
+        report.log_bytes as f64 / 1e6,
+        file_bytes as f64 / 1e6,
+        cached * file_bytes as f64 / 1e6,
+        report.records,
+        elapsed.as_secs_f64() * 1e3
+    );
+    (elapsed, report)
+}
+
+fn recovery(scale: Scale) -> Vec<Figure> {
+    pin(SENDER_CORE);
+    let keys = scale.recovery_keys();
+    let rounds = scale.recovery_rounds();
+    let dir = ScratchDir::new("percore-recovery");
+    {
+        // Buffered: quick to write, and the bytes on disk are the same.
+        let config = EngineConfig {
+            durability: DurabilityLevel::Buffered,
+            ..recovery_config()
+        };
+        let engine = start(durable_builder(dir.path(), config));
+        let client = engine.client().expect("client");
+        for round in 1..=rounds {
+            client
+                .tell_batch::<Profile, _>((0..keys).map(|key| (key, round)))
+                .expect("tell_batch");
+        }
+        client.ask::<Profile>(0, 0).expect("ask");
+        drop(client);
+        let logged = engine.shutdown().expect("shutdown").total().records_logged;
+        assert_eq!(logged, keys * rounds, "one record per change");
+    }
+    for file in scratch::files_under(dir.path()).expect("list the log") {
+        scratch::evict(&file).expect("evict the log from the page cache");
+    }
+    let (cold, cold_report) = timed_recovery(dir.path(), "cold", keys);
+    let (warm, warm_report) = timed_recovery(dir.path(), "warm", keys);
+    vec![
+        gb_per_s("gb_per_s", warm_report.log_bytes, warm),
+        gb_per_s("cold_gb_per_s", cold_report.log_bytes, cold),
+        rate("records_per_s", warm_report.records, warm),
+    ]
 }
