@@ -499,9 +499,6 @@ impl Client {
             if ring.is_empty() {
                 continue;
             }
-            // A shard with more replies for a full ring parks until told there
-            // is room (see the shard loop's `idle`).
-            let was_full = ring.slots() == ring.buffer().capacity();
             let mut found = None;
             while let Ok(env) = ring.pop() {
                 if env.token == token {
@@ -510,7 +507,13 @@ impl Client {
                 }
                 self.file_stray(env);
             }
-            if was_full {
+            // A shard with more replies for a full ring parks until told there
+            // is room; it says so before it announces sleep (see the shard
+            // loop's `park`), and this load pairs with its barrier.
+            light_barrier();
+            let blocked = &self.signals.reply_blocked[from];
+            if blocked.load(Ordering::Relaxed) {
+                blocked.store(false, Ordering::Relaxed);
                 self.shared.doorbells[from].notify();
             }
             if found.is_some() {

@@ -294,6 +294,9 @@ impl Engine {
             epoch: Instant::now(),
             loads: (0..n).map(|_| CachePadded(AtomicU64::new(0))).collect(),
             hottest: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            blocked: (0..n * n)
+                .map(|_| CachePadded(AtomicBool::new(false)))
+                .collect(),
             pauses: (0..n)
                 .map(|_| {
                     Mutex::new(
@@ -410,7 +413,7 @@ impl Engine {
             })?;
         let n = self.shard_count();
         let cap = shared.config.ring_capacity;
-        let signals = Arc::new(ClientSignals::default());
+        let signals = Arc::new(ClientSignals::new(shared.shard_count()));
         let mut requests = Vec::with_capacity(n);
         let mut replies = Vec::with_capacity(n);
         let entry = &shared.clients[slot];

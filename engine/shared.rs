@@ -12,7 +12,6 @@ use crate::metrics::MetricsCell;
 use crate::sync::{CachePadded, Doorbell, Parker};
 
 /// What a client shares with the shards: its parker and its state flags.
-#[derive(Default)]
 pub(crate) struct ClientSignals {
     /// Shards wake the client through this when they publish replies.
     pub(crate) parker: Parker,
@@ -22,6 +21,20 @@ pub(crate) struct ClientSignals {
     /// Set when the client handle is dropped; its shards then drain what it
     /// sent and release the slot.
     pub(crate) closed: AtomicBool,
+    /// `reply_blocked[shard]`: that shard parked with replies for this client
+    /// waiting on a full reply ring; the client wakes it when it reads.
+    pub(crate) reply_blocked: Vec<AtomicBool>,
+}
+
+impl ClientSignals {
+    pub(crate) fn new(shards: usize) -> Self {
+        ClientSignals {
+            parker: Parker::default(),
+            busy: CachePadded(AtomicBool::new(false)),
+            closed: AtomicBool::new(false),
+            reply_blocked: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
 }
 
 /// The shard's ends of one client's rings.
@@ -77,6 +90,9 @@ pub(crate) struct Shared {
     pub(crate) hottest: Vec<Mutex<Vec<Hot>>>,
     /// Migration pauses recorded by each shard (nanoseconds).
     pub(crate) pauses: Vec<Mutex<hdrhistogram::Histogram<u64>>>,
+    /// `blocked[from * n + to]`: shard `from` parked with envelopes for
+    /// shard `to` waiting on a full ring; `to` wakes it when it frees room.
+    pub(crate) blocked: Vec<CachePadded<AtomicBool>>,
 }
 
 impl Shared {

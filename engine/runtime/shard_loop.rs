@@ -360,8 +360,17 @@ impl ShardLoop {
             self.shard.stamp_settled(self.shared.now_ns());
         }
         self.received += taken as u64;
-        if ready == self.inbound[i].1.buffer().capacity() {
-            // The sender may have parked with more waiting for room.
+        // The sender may have parked with more for us waiting for room. It
+        // says so before it announces sleep; the load pairs with its barrier
+        // like any wakeup (crate::sync), so it cannot miss the room made here.
+        // (Waking it only when the ring was full at our read lost wakeups:
+        // it can fill the ring while we read a chunk, and we never see it
+        // full again — fanout waited for PARK_MAX.)
+        crate::sync::light_barrier();
+        let n = self.shared.shard_count();
+        let blocked = &self.shared.blocked[from * n + self.index];
+        if blocked.load(Ordering::Relaxed) {
+            blocked.store(false, Ordering::Relaxed);
             self.shared.doorbells[from].notify();
         }
         for f in fences.into_iter().flatten() {
@@ -568,6 +577,20 @@ impl ShardLoop {
     fn park(&mut self, doorbell: &UnixStream, stopping: bool) {
         let shared = self.shared.clone();
         let bell = &shared.doorbells[self.index];
+        // Rings full with more to send: their consumers wake this shard when
+        // they make room (see `drain_inbound`).
+        let n = shared.shard_count();
+        for d in 0..n {
+            if d != self.index && !self.shard.outbox_to_shard(d).is_empty() {
+                shared.blocked[self.index * n + d].store(true, Ordering::Relaxed);
+            }
+        }
+        for &slot in &self.active {
+            if !self.shard.outbox_to_client(slot).is_empty() {
+                let ends = self.clients[slot].as_ref().expect("active slot");
+                ends.signals.reply_blocked[self.index].store(true, Ordering::Relaxed);
+            }
+        }
         bell.prepare_sleep();
         // Re-check every source after announcing sleep (see crate::sync).
         let epoch = self.shared.client_epoch[self.index].load(Ordering::Acquire);
