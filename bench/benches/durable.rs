@@ -21,59 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use percore::bytemuck::{Pod, Zeroable};
-use percore::{Ctx, DurabilityLevel, Engine, EngineBuilder, EngineConfig, Entity};
+use percore::{DurabilityLevel, Engine, EngineBuilder, EngineConfig};
 use percore_bench::scratch::{self, ScratchDir};
-
-/// A durable 16-byte account; 0 changes nothing (no record).
-#[derive(Clone, Copy, Pod, Zeroable)]
-#[bytemuck(crate = "percore::bytemuck")]
-#[repr(C)]
-struct Account {
-    balance: u64,
-    changes: u64,
-}
-
-impl Entity for Account {
-    const KIND: &'static str = "account";
-    type Msg = u64;
-    type Reply = u64;
-    fn activate(_: u64) -> Self {
-        Account::zeroed()
-    }
-    fn handle(&mut self, amount: u64, _: &mut Ctx<'_, Self>) -> u64 {
-        if amount != 0 {
-            self.balance += amount;
-            self.changes += 1;
-        }
-        self.balance
-    }
-}
-
-/// A durable 1 KiB profile, to fill a log quickly; 0 changes nothing.
-#[derive(Clone, Copy, Pod, Zeroable)]
-#[bytemuck(crate = "percore::bytemuck")]
-#[repr(C)]
-struct Profile {
-    words: [u64; 128],
-}
-
-impl Entity for Profile {
-    const KIND: &'static str = "profile";
-    type Msg = u64;
-    type Reply = u64;
-    fn activate(_: u64) -> Self {
-        Profile::zeroed()
-    }
-    fn handle(&mut self, value: u64, _: &mut Ctx<'_, Self>) -> u64 {
-        if value != 0 {
-            self.words[0] += 1;
-            let slot = 1 + (self.words[0] as usize) % (self.words.len() - 1);
-            self.words[slot] = value;
-        }
-        self.words[0]
-    }
-}
+use percore_bench::systems::percore::{Account, Profile};
 
 /// Accounts told per iteration of `durable_records`.
 const RECORDS_KEYS: u64 = 10_000;

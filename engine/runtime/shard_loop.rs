@@ -306,7 +306,7 @@ impl ShardLoop {
             if n < LOCAL_SLICE {
                 break;
             }
-            if self.shard.has_outbound() {
+            if self.shard.shard_backlog() > 0 {
                 self.flush();
             }
         }
@@ -322,8 +322,6 @@ impl ShardLoop {
             // start of the pass.
             self.shard.set_now(self.shared.now_ns());
             self.shard.run_moves();
-        }
-        if self.shard.has_outbound() {
             self.flush();
         }
         work
@@ -353,7 +351,9 @@ impl ShardLoop {
         }
         let taken = chunk.iterated();
         drop(chunk);
-        if self.shard.has_outbound() {
+        // Publish what handlers sent to other shards now, not at the end of
+        // a long pass (client replies go at its end).
+        if self.shard.shard_backlog() > 0 {
             self.flush();
         }
         if self.shard.has_unstamped() {

@@ -169,7 +169,7 @@ impl<'a, E: Entity> Ctx<'a, E> {
         if shard >= self.svc.spec.shard_count {
             return false;
         }
-        let mv = crate::migrate::mv_again(self.kind, self.key, shard, None);
+        let mv = crate::migrate::PendingMove::new(self.kind, self.key, shard, None);
         self.svc.self_moves.push(mv);
         true
     }

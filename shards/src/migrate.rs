@@ -37,49 +37,22 @@
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
-use crate::entity::{home_shard, mix64, KindId};
+use crate::entity::{home_shard, KindId};
 use crate::envelope::{Envelope, Op, SenderId, CLIENT_BIT, STRAGGLER};
 use crate::shard::{Held, Route, Shard};
+use crate::table::KeyHasher;
 use crate::timers::MovedTimer;
 
 /// Set in [`Envelope::status`] of a message a home shard forwarded to the
 /// entity's current owner elsewhere.
 pub const REROUTED: u8 = 0x40;
 
-/// Hashes `(KindId, u64)` pairs with one mix.
-#[derive(Default, Clone, Copy)]
-pub struct PairHasher(u64);
-
-impl Hasher for PairHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = mix64(self.0 ^ b as u64);
-        }
-    }
-
-    #[inline]
-    fn write_u16(&mut self, kind: u16) {
-        self.0 = kind as u64;
-    }
-
-    #[inline]
-    fn write_u64(&mut self, key: u64) {
-        self.0 = mix64(key ^ self.0.rotate_left(48));
-    }
-}
-
 /// An entity's identity on a shard: its kind and key.
 pub type EntityRef = (KindId, u64);
-pub(crate) type PairMap<V> = HashMap<EntityRef, V, BuildHasherDefault<PairHasher>>;
-pub(crate) type PairSet = HashSet<EntityRef, BuildHasherDefault<PairHasher>>;
+pub(crate) type PairMap<V> = HashMap<EntityRef, V, BuildHasherDefault<KeyHasher>>;
+pub(crate) type PairSet = HashSet<EntityRef, BuildHasherDefault<KeyHasher>>;
 
 /// What a shard knows about an entity that moved.
 pub(crate) enum Place {
@@ -285,6 +258,30 @@ pub struct PendingMove {
     key: u64,
     target: usize,
     reply: Option<(SenderId, u64)>,
+}
+
+impl PendingMove {
+    pub(crate) fn new(
+        kind: KindId,
+        key: u64,
+        target: usize,
+        reply: Option<(SenderId, u64)>,
+    ) -> Self {
+        PendingMove {
+            kind,
+            key,
+            target,
+            reply,
+        }
+    }
+
+    /// The request again as an envelope, to route after its entity.
+    fn into_request(self) -> Envelope {
+        let target = self.target as u32;
+        let (sender, token) = self.reply.unwrap_or((NO_REPLY, 0));
+        Envelope::new(self.kind, self.key, Op::Migrate, MoveRequest { target })
+            .with_route(sender, token)
+    }
 }
 
 /// Migration state of one shard.
@@ -570,13 +567,26 @@ impl Shard {
     }
 
     fn move_one(&mut self, mv: PendingMove) {
+        let id = (mv.kind, mv.key);
+        match self.mig.places.get(&id) {
+            // It left earlier in this pass: the request follows it.
+            Some(Place::Away(_)) => return self.route_addressed(mv.into_request()),
+            // A request that came the old way (a straggler), or the entity's
+            // own (it handled a straggler), while it waits for its marker: it
+            // moves once settled. (The rebalancer's picks skip settling
+            // entities.)
+            Some(Place::Settling(_)) => return self.mig.deferred.push(mv),
+            // A deferred request whose entity has left and been forgotten
+            // here since: ask its home again.
+            None if !self.is_home(id) => return self.svc.send_home(mv.into_request()),
+            Some(Place::Guest) | None => {}
+        }
         let PendingMove {
             kind,
             key,
             target,
             reply,
         } = mv;
-        let id = (kind, key);
         let me = self.index();
         let answer = |shard: &mut Shard, outcome| {
             if let Some((sender, token)) = reply {
@@ -585,44 +595,6 @@ impl Shard {
         };
         if target >= self.svc.spec.shard_count {
             return answer(self, MoveOutcome::NoSuchShard);
-        }
-        match self.mig.places.get(&id) {
-            Some(Place::Away(_)) => {
-                // It left earlier in this pass: the request follows it.
-                let env = Envelope::new(
-                    kind,
-                    key,
-                    Op::Migrate,
-                    MoveRequest {
-                        target: target as u32,
-                    },
-                )
-                .with_route(reply.map_or(NO_REPLY, |r| r.0), reply.map_or(0, |r| r.1));
-                return self.route_addressed(env);
-            }
-            Some(Place::Settling(_)) => {
-                // A request that came the old way (a straggler), or the
-                // entity's own (it handled a straggler), while it waits for
-                // its marker: it moves once settled. (The rebalancer's picks
-                // skip settling entities.)
-                self.mig.deferred.push(mv_again(kind, key, target, reply));
-                return;
-            }
-            None if !self.is_home(id) => {
-                // A deferred request whose entity has left and been
-                // forgotten here since: ask its home again.
-                let env = Envelope::new(
-                    kind,
-                    key,
-                    Op::Migrate,
-                    MoveRequest {
-                        target: target as u32,
-                    },
-                )
-                .with_route(reply.map_or(NO_REPLY, |r| r.0), reply.map_or(0, |r| r.1));
-                return self.svc.send_home(env);
-            }
-            Some(Place::Guest) | None => {}
         }
         if target == me {
             return answer(self, MoveOutcome::Done);
@@ -899,20 +871,6 @@ impl Shard {
                 .with_route(self.index() as SenderId, 0);
             self.svc.to_shards[origin].push(env);
         }
-    }
-}
-
-pub(crate) fn mv_again(
-    kind: KindId,
-    key: u64,
-    target: usize,
-    reply: Option<(SenderId, u64)>,
-) -> PendingMove {
-    PendingMove {
-        kind,
-        key,
-        target,
-        reply,
     }
 }
 

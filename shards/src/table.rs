@@ -12,7 +12,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use crate::entity::mix64;
 
 /// Hashes `u64` keys with [`mix64`]: one multiply chain, good high and low bits
-/// (SwissTable uses both), no per-map random state.
+/// (SwissTable uses both), no per-map random state. A `(KindId, u64)` pair
+/// (see `migrate`) hashes as its kind folded into its key, then one mix.
 #[derive(Default, Clone, Copy)]
 pub struct KeyHasher(u64);
 
@@ -30,8 +31,14 @@ impl Hasher for KeyHasher {
     }
 
     #[inline]
+    fn write_u16(&mut self, kind: u16) {
+        self.0 = kind as u64;
+    }
+
+    #[inline]
     fn write_u64(&mut self, key: u64) {
-        self.0 = mix64(key);
+        // A lone key (state 0) hashes to `mix64(key)`.
+        self.0 = mix64(key ^ self.0.rotate_left(48));
     }
 }
 

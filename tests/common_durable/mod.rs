@@ -1,20 +1,20 @@
 //! Helpers shared by the `durable_*` integration tests: scratch data
-//! directories, a builder preset for small durable engines, a hang guard and
-//! a metrics wait.
+//! directories, a builder preset for small durable engines and a metrics
+//! wait; the hang guards and key pickers are `tests/common`'s.
 //!
 //! Each test binary uses a different subset of these, hence `dead_code`.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
-use percore::{Engine, EngineBuilder, EngineConfig, Entity, IdlePolicy, Metrics};
+use percore::{Engine, EngineBuilder, EngineConfig, IdlePolicy, Metrics};
 
-/// How long a test waits for something that must happen before it declares
-/// the engine hung. Not a performance bound: it only turns a hang into a
-/// failure with a message (the machine is small and shared, so it is large).
-pub const HANG_GUARD: Duration = Duration::from_secs(120);
+// The hang guards and key pickers of the `engine_*` tests, shared.
+#[path = "../common/mod.rs"]
+mod common;
+#[allow(unused_imports)] // each test binary uses a subset
+pub use common::{guarded, keys_on_shard, HANG_GUARD};
 
 /// Log segment size of the test engines: the smallest allowed, so segments
 /// rotate after a megabyte of records.
@@ -73,44 +73,6 @@ pub fn durable_engine(dir: &Path, shards: usize, checkpoint_len_bytes: u64) -> E
         .idle(IdlePolicy::Park)
         .send_wait(HANG_GUARD)
         .data_dir(dir)
-}
-
-/// The first `count` keys (counting up from `start`) of kind `E` whose home is
-/// `shard`.
-pub fn keys_on_shard<E: Entity>(
-    engine: &Engine,
-    shard: usize,
-    start: u64,
-    count: usize,
-) -> Vec<u64> {
-    (start..)
-        .filter(|&key| engine.shard_of::<E>(key) == Some(shard))
-        .take(count)
-        .collect()
-}
-
-/// Runs `f` on its own thread and returns its result, failing the test
-/// (instead of hanging it) if `f` does not finish within [`HANG_GUARD`]. On
-/// failure the stuck thread is left behind; the test binary exits anyway.
-pub fn guarded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(HANG_GUARD) {
-        Ok(v) => {
-            worker.join().expect("guarded thread");
-            v
-        }
-        Err(RecvTimeoutError::Timeout) => {
-            panic!("engine hung: {what} did not finish within {HANG_GUARD:?}")
-        }
-        // The closure panicked: re-raise its panic here.
-        Err(RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the worker sends before it returns"),
-        },
-    }
 }
 
 /// Polls the engine's metrics until `done` holds (shards publish them at

@@ -170,7 +170,7 @@ impl Entity for Room {
 #[derive(Clone, Copy, Pod, Zeroable)]
 #[bytemuck(crate = "percore::bytemuck")]
 #[repr(C)]
-struct Account {
+pub struct Account {
     balance: u64,
     changes: u64,
 }
@@ -201,7 +201,7 @@ impl Entity for Account {
 #[derive(Clone, Copy, Pod, Zeroable)]
 #[bytemuck(crate = "percore::bytemuck")]
 #[repr(C)]
-struct Profile {
+pub struct Profile {
     words: [u64; RECOVERY_STATE_LEN_BYTES / 8],
 }
 
