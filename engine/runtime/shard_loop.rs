@@ -13,7 +13,10 @@ use glommio::{LocalExecutorBuilder, Placement};
 use percore_shards::{Destination, Envelope, Shard, ShardSpec};
 use rtrb::{Consumer, Producer};
 
-use super::{LOCAL_BATCH, LOCAL_SLICE, METRICS_INTERVAL_NS, RING_DRAIN_BATCH, TIMER_BATCH};
+use super::{
+    GATHER_CHECK_SPINS, GATHER_MAX_SPINS, GATHER_MIN, GATHER_STREAK, LOCAL_BATCH, LOCAL_SLICE,
+    METRICS_INTERVAL_NS, RING_DRAIN_BATCH, TIMER_BATCH,
+};
 use crate::config::IdlePolicy;
 use crate::durability::{self, ShardLog, ShardRecovery};
 use crate::error::Error;
@@ -193,6 +196,10 @@ impl ShardLoop {
     async fn run(&mut self, doorbell: UnixStream) {
         let idle = self.shared.config.idle;
         let mut idle_since_ns: Option<u64> = None;
+        // Passes in a row that found work (see `gather`); a parking engine
+        // never gathers, it exists to save CPU.
+        let mut streak = 0u32;
+        let gathers = !matches!(idle, IdlePolicy::Park);
         loop {
             let start_ns = self.shared.now_ns();
             self.shard.set_now(start_ns);
@@ -216,10 +223,15 @@ impl ShardLoop {
                     self.publish_metrics(end_ns);
                 }
                 idle_since_ns = None;
+                streak += 1;
+                if gathers && streak >= GATHER_STREAK && work < GATHER_MIN {
+                    self.gather();
+                }
                 continue;
             }
 
             // Nothing to do this pass.
+            streak = 0;
             self.publish_metrics(start_ns);
             let quiet = self.quiet();
             if quiet && sealed {
@@ -251,6 +263,43 @@ impl ShardLoop {
             // the spin restarts only after real work.
             self.park(&doorbell, stopping);
         }
+    }
+
+    /// Lets a stream fill the rings before the next pass. A shard that
+    /// re-reads a ring's tail while its producer is appending one envelope
+    /// at a time pulls the tail's cache line away from the producer on every
+    /// message, so both sides pay a transfer per message; waiting here lets
+    /// the producer append several with the line to itself, and the next
+    /// pass takes them as one chunk. Ends as soon as `GATHER_MIN` envelopes
+    /// wait, when nothing new arrived between two looks (the stream paused:
+    /// no use waiting), or after `GATHER_MAX_SPINS`.
+    /// `versus --child percore tell`: 20 M/s → 30 M/s one tell at a time.
+    fn gather(&self) {
+        let mut waiting = 0;
+        let mut spun = 0;
+        while spun < GATHER_MAX_SPINS {
+            for _ in 0..GATHER_CHECK_SPINS {
+                std::hint::spin_loop();
+            }
+            spun += GATHER_CHECK_SPINS;
+            let now = self.ready();
+            if now >= GATHER_MIN || (now > 0 && now == waiting) {
+                return;
+            }
+            waiting = now;
+        }
+    }
+
+    /// Envelopes waiting in every inbound ring, other shards' and clients'.
+    fn ready(&self) -> usize {
+        let shards: usize = self.inbound.iter().map(|(_, r)| r.slots()).sum();
+        let clients: usize = self
+            .active
+            .iter()
+            .filter_map(|&slot| self.clients[slot].as_ref())
+            .map(|c| c.requests.slots())
+            .sum();
+        shards + clients
     }
 
     /// One pass over every source of work. Returns how many things it did.
