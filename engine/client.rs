@@ -564,8 +564,10 @@ impl Client {
                 self.abandon::<R>(token);
                 return Err(AskError::ShuttingDown);
             }
+            // The clock is read every 64 polls while spinning; with no spin
+            // budget the client parks after its first look.
             polls = polls.wrapping_add(1);
-            if !polls.is_multiple_of(64) {
+            if !spin.is_zero() && !polls.is_multiple_of(64) {
                 std::hint::spin_loop();
                 continue;
             }

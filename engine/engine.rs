@@ -1,7 +1,6 @@
 //! `Engine` and its builder: start shards on their cores, hand out clients,
 //! read metrics, shut down.
 
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -261,12 +260,8 @@ impl Engine {
         let mut doorbells = Vec::with_capacity(n);
         let mut bell_reads = Vec::with_capacity(n);
         for _ in 0..n {
-            let (tx, rx) = UnixStream::pair().map_err(io("creating a doorbell socket pair"))?;
-            tx.set_nonblocking(true)
-                .map_err(io("making a doorbell non-blocking"))?;
-            rx.set_nonblocking(true)
-                .map_err(io("making a doorbell non-blocking"))?;
-            doorbells.push(Doorbell::new(tx));
+            let (tx, rx) = Doorbell::new().map_err(io("creating a doorbell eventfd"))?;
+            doorbells.push(tx);
             bell_reads.push(rx);
         }
 

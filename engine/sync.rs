@@ -11,8 +11,9 @@
 //! a busy sender pays no fence, no read-modify-write and no syscall per message.
 //! Where `membarrier` is unavailable both halves fall back to `SeqCst` fences.
 
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::net::UnixStream;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
@@ -78,22 +79,40 @@ impl<T> std::ops::Deref for CachePadded<T> {
     }
 }
 
-/// A shard's doorbell: the `sleeping` flag and the write end of a socket pair
-/// whose read end the shard's executor awaits.
+/// A shard's doorbell: the `sleeping` flag and an eventfd the shard waits on
+/// when it parks.
+///
+/// An eventfd rather than a socket pair: a write only adds to a counter, a
+/// socket write allocates and queues a buffer, and the wakeup of the shard
+/// parked on it was slower (`versus --child percore ask`, everything parking:
+/// p50 about 15 µs with a socket pair, 4–6 µs with an eventfd).
 pub(crate) struct Doorbell {
     sleeping: CachePadded<AtomicBool>,
-    tx: UnixStream,
+    tx: File,
 }
 
+/// What one ring of a doorbell writes (an eventfd takes 8-byte counts).
+pub(crate) const RING: [u8; 8] = 1u64.to_ne_bytes();
+
 impl Doorbell {
-    pub(crate) fn new(tx: UnixStream) -> Self {
-        Doorbell {
+    /// A doorbell and the handle the shard waits on (the same eventfd).
+    pub(crate) fn new() -> std::io::Result<(Self, File)> {
+        // SAFETY: eventfd takes two integers and returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        let tx = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let rx = tx.try_clone()?;
+        let bell = Doorbell {
             sleeping: CachePadded(AtomicBool::new(false)),
             tx,
-        }
+        };
+        Ok((bell, rx))
     }
 
-    /// The write end's file descriptor (the log writer rings it after a flush).
+    /// The eventfd's descriptor (the log writer rings it after a flush).
     pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         self.tx.as_raw_fd()
@@ -111,14 +130,14 @@ impl Doorbell {
     /// Wakes the shard whether or not it looks asleep (shutdown).
     pub(crate) fn force(&self) {
         self.sleeping.store(false, Ordering::Relaxed);
-        // A full socket buffer means wakeups are pending already.
-        let _ = (&self.tx).write(&[1]);
+        // A counter at its maximum means wakeups are pending already.
+        let _ = (&self.tx).write(&RING);
     }
 
     #[cold]
     fn ring(&self) {
         if self.sleeping.swap(false, Ordering::AcqRel) {
-            let _ = (&self.tx).write(&[1]);
+            let _ = (&self.tx).write(&RING);
         }
     }
 

@@ -11,7 +11,7 @@
 //!   [`SimStorage`] (in memory, with torn and short writes, fsync errors and
 //!   `ENOSPC`) in tests. It reports durable LSNs as [`LogEvent`]s; a failed fsync
 //!   poisons the log; a full disk is a retryable error. It can wake a parked shard
-//!   thread by writing a byte to a socket after each flush.
+//!   thread by writing a count to its doorbell (an eventfd) after each flush.
 //! - [`recover_shard`]: maps a shard's segments with memmap2 (up to the end of
 //!   their data: the preallocated remainder is neither mapped nor scanned),
 //!   checks every record, discards a torn tail and reports corruption before the

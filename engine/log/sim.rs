@@ -461,10 +461,11 @@ impl SimStorage {
                 0
             }
             Op::Wake { fd } => {
-                let byte = [1u8];
-                // SAFETY: `byte` is a live 1-byte buffer; `fd` is the caller's
+                // An eventfd takes an 8-byte count.
+                let count = 1u64.to_ne_bytes();
+                // SAFETY: `count` is a live 8-byte buffer; `fd` is the caller's
                 // descriptor, and a bad one only makes write return EBADF.
-                let n = unsafe { libc::write(*fd, byte.as_ptr().cast(), 1) };
+                let n = unsafe { libc::write(*fd, count.as_ptr().cast(), count.len()) };
                 if n < 0 {
                     -io::Error::last_os_error()
                         .raw_os_error()

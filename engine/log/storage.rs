@@ -65,9 +65,10 @@ pub enum Op {
         /// Directory opened with [`Storage::open_dir`].
         dir: FileId,
     },
-    /// `write(fd, [1], 1)`: a one-byte doorbell to wake a parked thread.
+    /// `write(fd, &1u64.to_ne_bytes(), 8)`: a doorbell ring to wake a parked
+    /// thread.
     Wake {
-        /// The write end of a socket, pipe or eventfd-like descriptor, owned by the
+        /// An eventfd (or the write end of a socket or pipe), owned by the
         /// caller and open for as long as the storage is.
         fd: RawFd,
     },

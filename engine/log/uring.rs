@@ -25,8 +25,9 @@ pub const URING_ENTRIES: u32 = 16;
 /// submission queue).
 const SLOTS: usize = 2 * URING_ENTRIES as usize;
 
-/// The byte written by [`Op::Wake`]; static so its address outlives any operation.
-static WAKE_BYTE: [u8; 1] = [1];
+/// The count written by [`Op::Wake`] (a doorbell is an eventfd, which takes
+/// 8-byte counts); static so its address outlives any operation.
+static WAKE_BYTE: [u8; 8] = 1u64.to_ne_bytes();
 
 /// [`Storage`] backed by an io_uring instance and real files.
 ///
@@ -298,6 +299,6 @@ fn entry(files: &[Option<File>], op: &Op) -> squeue::Entry {
             opcode::Fallocate::new(fd(files, *file), *len_bytes).build()
         }
         Op::FsyncDir { dir } => opcode::Fsync::new(fd(files, *dir)).build(),
-        Op::Wake { fd } => opcode::Write::new(types::Fd(*fd), WAKE_BYTE.as_ptr(), 1).build(),
+        Op::Wake { fd } => opcode::Write::new(types::Fd(*fd), WAKE_BYTE.as_ptr(), 8).build(),
     }
 }
