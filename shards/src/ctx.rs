@@ -63,6 +63,23 @@ impl<'a, E: Entity> Ctx<'a, E> {
         Duration::from_nanos(self.svc.now_ns)
     }
 
+    /// Messages this shard holds for other shards' rings, waiting for room.
+    /// A handler that sends a lot (a producer, a broadcaster) watches this to
+    /// pace itself: once [`Ctx::overflow_cap`] wait for one shard, sends to
+    /// it fail with [`SendError::Overflow`]. Messages for this shard's own
+    /// entities never count: they go on the local queue.
+    #[inline]
+    pub fn backlog(&self) -> usize {
+        self.svc.shard_backlog()
+    }
+
+    /// How many messages may wait for one other shard before sends to it fail
+    /// (the engine's `overflow_cap`).
+    #[inline]
+    pub fn overflow_cap(&self) -> usize {
+        self.svc.spec.overflow_cap
+    }
+
     #[inline]
     fn sender(&self) -> SenderId {
         self.svc.spec.shard as SenderId

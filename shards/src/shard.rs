@@ -212,6 +212,12 @@ pub struct Services {
 }
 
 impl Services {
+    /// Envelopes waiting in the outboxes for other shards' rings.
+    #[inline]
+    pub(crate) fn shard_backlog(&self) -> usize {
+        self.to_shards.iter().map(Outbox::len).sum()
+    }
+
     /// Queues a handler's message by its destination. Fails, handing the
     /// envelope back, when that destination has `overflow_cap` waiting.
     #[inline]
@@ -800,7 +806,7 @@ impl Shard {
     /// handler sends.
     #[inline]
     pub fn shard_backlog(&self) -> usize {
-        self.svc.to_shards.iter().map(Outbox::len).sum()
+        self.svc.shard_backlog()
     }
 
     /// The overflow cap this shard was built with.
