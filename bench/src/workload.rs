@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `tell` | one sender thread on [`SENDER_CORE`], one receiving entity/actor on [`RECEIVER_CORE`]; [`Scale::tell_msgs`] messages carrying a `u64` the receiver adds to its state; ends when the receiver has handled the last one | `msgs_per_s` |
 //! | `ask` | sequential request/reply round trips from one thread to an entity/actor on the other core (request: a `u64` to add, reply: the new state); [`Scale::ask_warmup`] unrecorded, then [`Scale::ask_samples`] recorded | `p50_ns`, `p99_ns`, `p999_ns` |
-//! | `many` | [`MANY_KEYS`] entities (keys, actors), two sender threads (one per core) sending the keys of a [`ManyPlan`]; ends when every message is handled | `msgs_per_s` |
+//! | `many` | [`MANY_KEYS`] entities (keys, actors), two senders, one per core, sending the keys of a [`ManyPlan`] (threads; on percore, one entity on each shard, with the client-thread variant reported beside it); ends when every message is handled | `msgs_per_s` |
 //! | `activate` | create [`Scale::activate_entities`] entities on one core, ending when all are live | `per_s`, `bytes_per_entity` |
 //! | `fanout` | a room on [`SENDER_CORE`] sends one message to each of [`FANOUT_PLAYERS`] players on [`RECEIVER_CORE`], [`Scale::fanout_rounds`] times; ends when every player handled the last round | `deliveries_per_s` |
 //! | `idle` | the system in its default configuration, one idle receiver, nothing to do for [`Scale::idle`] | `cpu_pct` (of one core) |

@@ -4,7 +4,11 @@
 //! workload places its shards (`cores`), `Engine::client()` per sending
 //! thread, `Client::tell` one message at a time (no batching, like the peers'
 //! one-at-a-time sends), `Client::ask` for request/reply, and `Ctx::tell` from
-//! a handler for `fanout`. `ask` is measured twice: with the default idle
+//! a handler for `fanout`. `many` is sent the percore way, by entities: one
+//! driver entity on each shard tells its share of the keys with `Ctx::tell`,
+//! pacing itself with `Ctx::backlog` (`msgs_per_s`: two threads on two
+//! cores, like DashMap's); the same messages sent by two client threads, one
+//! pinned to each core beside the shards, give `client_msgs_per_s`. `ask` is measured twice: with the default idle
 //! policy (shards spin 200 µs before parking, clients 50 µs: `p50_ns`, …) and
 //! with everything parking at once (`IdlePolicy::Park`, no client spin:
 //! `park_p50_ns`, …).
