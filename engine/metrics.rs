@@ -53,8 +53,24 @@ pub struct ShardMetrics {
     /// Messages this shard forwarded behind an entity that had just left it.
     pub forwarded: u64,
     /// Messages this shard, as their entity's home, sent on to the shard the
-    /// entity lives on now: routing misses (senders always address the home).
+    /// entity lives on now (clients always address the home; shards do
+    /// until they learn where the entity went).
     pub rerouted: u64,
+    /// Messages other shards' handlers sent that reached their entity on
+    /// this shard straight from the sender's route cache (learned from a
+    /// hint, not via the home). Counted where the entity lives.
+    pub route_hits: u64,
+    /// Messages shards' handlers sent that reached their entity on this
+    /// shard only after a detour, because the sender's route was absent (it
+    /// went to the home) or stale (it went to a shard the entity had left).
+    /// Each one hints the sender. Counted where the entity lives.
+    pub route_misses: u64,
+    /// Routes this shard changed as a sender (to a learned shard, or back
+    /// to the home).
+    pub route_switches: u64,
+    /// Messages sent to this shard by a stale route (the entity had left)
+    /// that it passed to the entity's home.
+    pub bounced: u64,
     /// Messages held by this shard until a moving entity was settled.
     pub held: u64,
     /// Explicit moves refused because the entity pinned itself.
@@ -100,6 +116,10 @@ impl Metrics {
             t.migrations_in += s.migrations_in;
             t.forwarded += s.forwarded;
             t.rerouted += s.rerouted;
+            t.route_hits += s.route_hits;
+            t.route_misses += s.route_misses;
+            t.route_switches += s.route_switches;
+            t.bounced += s.bounced;
             t.held += s.held;
             t.moves_refused += s.moves_refused;
             t.pause_ns_max = t.pause_ns_max.max(s.pause_ns_max);
@@ -128,7 +148,7 @@ pub struct PauseStats {
 #[derive(Default)]
 #[repr(align(128))]
 pub(crate) struct MetricsCell {
-    fields: [AtomicU64; 26],
+    fields: [AtomicU64; 30],
 }
 
 impl MetricsCell {
@@ -168,6 +188,10 @@ impl MetricsCell {
             c.pause_ns_max,
             (load * 1000.0).round() as u64,
             c.pause_ns_total,
+            c.route_hits,
+            c.route_misses,
+            c.route_switches,
+            c.bounced,
         ];
         for (cell, v) in self.fields.iter().zip(values) {
             cell.store(v, Ordering::Relaxed);
@@ -205,6 +229,10 @@ impl MetricsCell {
             pause_ns_max: f(23),
             load_permille: f(24),
             pause_ns_total: f(25),
+            route_hits: f(26),
+            route_misses: f(27),
+            route_switches: f(28),
+            bounced: f(29),
         }
     }
 }

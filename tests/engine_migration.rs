@@ -264,8 +264,17 @@ fn moves_under_load_lose_duplicate_and_reorder_nothing() {
         assert!(pauses.count > 0 && pauses.max_ns >= pauses.p99_ns);
         eprintln!(
             "{explicit} explicit moves answered, {} migrations, {} forwarded, {} rerouted, \
-             {} held; pause p50 {} ns p99 {} ns",
-            t.migrations_in, t.forwarded, t.rerouted, t.held, pauses.p50_ns, pauses.p99_ns
+             {} held, route hits {} misses {} switches {} bounced {}; pause p50 {} ns p99 {} ns",
+            t.migrations_in,
+            t.forwarded,
+            t.rerouted,
+            t.held,
+            t.route_hits,
+            t.route_misses,
+            t.route_switches,
+            t.bounced,
+            pauses.p50_ns,
+            pauses.p99_ns
         );
     });
 }

@@ -55,6 +55,24 @@ pub enum Op {
     /// everything already in its ring from `from`, where the entity's earlier
     /// messages may still wait.
     Fence = 10,
+    /// Routing: a shard that sends to the entity changed its route to it
+    /// (see `routes`). Travels the old route, behind everything the shard
+    /// sent that way, and is routed like a message; the entity's owner then
+    /// handles what the shard sent the new way. No payload; the stream tag
+    /// names the shard.
+    Switch = 11,
+    /// Routing: the owner handled a [`Op::Switch`]; the shard may switch
+    /// that route again. Sent to the switching shard. No payload.
+    Switched = 12,
+    /// Routing: the entity lives on shard `owner` (the payload, `u32`); the
+    /// receiver, which sent it a message that had to be forwarded, may send
+    /// there directly from now on.
+    Hint = 13,
+    /// Migration: travels from an entity's new owner to its home and back,
+    /// routed like a message, behind every message the new owner had sent
+    /// to the home for it while it lived elsewhere (see `migrate`). No
+    /// payload.
+    Rejoin = 14,
 }
 
 impl Op {
@@ -62,7 +80,10 @@ impl Op {
     /// be forwarded or held on the way.
     #[inline]
     pub fn is_addressed(self) -> bool {
-        matches!(self, Op::Tell | Op::AskClient | Op::AskEntity | Op::Migrate)
+        matches!(
+            self,
+            Op::Tell | Op::AskClient | Op::AskEntity | Op::Migrate | Op::Switch | Op::Rejoin
+        )
     }
 }
 
@@ -71,6 +92,19 @@ impl Op {
 /// at once instead of holding it for the migration marker). Message
 /// envelopes otherwise carry status 0; only replies carry error codes.
 pub const STRAGGLER: u8 = 0x80;
+
+/// Set in [`Envelope::status`] of a message its sending shard addressed to
+/// the shard its route cache names rather than to the entity's home (see
+/// `routes`). Kept when the message is forwarded: it says which of the
+/// sending shard's routes the message took.
+pub const DIRECT: u8 = 0x20;
+
+/// Bits of [`Envelope::token`] left to the token itself in messages shards
+/// send; the bits above carry the sending shard's stream tag.
+pub const TOKEN_MASK: u64 = (1 << STREAM_SHIFT) - 1;
+const STREAM_SHIFT: u32 = 48;
+/// Most shards an engine may have (the stream tag is 16 bits).
+pub const MAX_SHARDS: usize = (1 << (64 - STREAM_SHIFT)) - 1;
 
 /// Identifies who sent an envelope: a shard index, or a client slot with the
 /// top bit set.
@@ -160,6 +194,30 @@ impl Envelope {
         self
     }
 
+    /// Tags a message as part of shard `shard`'s stream to its entity: the
+    /// shard that put it on a route (see `routes`). Kept in the top bits of
+    /// the token; the rest keeps the token itself.
+    #[inline]
+    pub(crate) fn set_stream(&mut self, shard: usize) {
+        debug_assert!(shard < MAX_SHARDS);
+        self.token = (self.token & TOKEN_MASK) | ((shard as u64 + 1) << STREAM_SHIFT);
+    }
+
+    /// The shard whose stream this message is part of, if a shard put it on
+    /// a route (not a client, a timer or a continuation).
+    #[inline]
+    pub(crate) fn stream(&self) -> Option<usize> {
+        if !matches!(self.op, Op::Tell | Op::AskEntity | Op::Switch)
+            || self.sender & CLIENT_BIT != 0
+        {
+            return None;
+        }
+        match self.token >> STREAM_SHIFT {
+            0 => None,
+            tag => Some(tag as usize - 1),
+        }
+    }
+
     /// The error this envelope carries instead of a payload, if any.
     #[inline]
     pub fn error_status(&self) -> Option<AskError> {
@@ -188,7 +246,7 @@ impl Envelope {
     #[inline]
     pub unsafe fn take<M>(self) -> M {
         debug_assert_eq!(
-            self.status & !STRAGGLER,
+            self.status & !(STRAGGLER | DIRECT),
             0,
             "taking the payload of an error envelope"
         );

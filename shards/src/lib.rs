@@ -23,6 +23,7 @@ pub mod kinds;
 pub mod migrate;
 pub mod record;
 pub mod recovery;
+pub mod routes;
 pub mod shard;
 pub mod table;
 pub mod timers;

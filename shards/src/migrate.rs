@@ -2,45 +2,113 @@
 //!
 //! # Routing
 //!
-//! Every sender addresses an entity at its *home* shard (a hash of kind and
-//! key), whether or not it still lives there. A home shard whose entity moved
-//! away keeps a pointer to its owner and forwards what arrives for it to
-//! the owner, on the ring between them. Each hop is FIFO, so every sender's
-//! order holds along the path sender → home → owner.
+//! Clients address an entity at its *home* shard (a hash of kind and key),
+//! whether or not it still lives there. So do shards, until they learn
+//! better (see [`routes`](crate::routes)): a shard's handlers' messages to an
+//! entity form that shard's *stream* to it, sent on the home route or, once
+//! the shard learned where the entity lives, directly there ([`DIRECT`]).
+//! A home shard whose entity moved away keeps a pointer to its owner and
+//! forwards what arrives for it to the owner, on the ring between them.
 //!
 //! # A move from owner O to shard T (home H)
 //!
-//! 1. O takes the entity out of its table (its value, timers, heat and log
-//!    state — a pointer move, no serialization) and sends it to T
-//!    ([`Op::Transfer`]). From then on O forwards whatever reaches it for the
-//!    entity to T, behind the entity, flagged [`STRAGGLER`].
-//! 2. If O is the home, its pointer now says T and nothing else is needed: all
-//!    traffic went through O and keeps doing so.
+//! 1. O takes the entity out of its table (its value, timers, heat, log
+//!    state and its senders' lanes — a pointer move, no serialization) and
+//!    sends it to T ([`Op::Transfer`]). From then on O forwards whatever
+//!    reaches it for the entity to T, behind the entity, flagged
+//!    [`STRAGGLER`].
+//! 2. If O is the home, its pointer now says T and nothing else is needed:
+//!    all home-route traffic went through O and keeps doing so.
 //! 3. Otherwise messages may still be on their way H → O. O tells H where the
 //!    entity went ([`Op::Moved`]); H switches its pointer to T and sends a
 //!    [`Op::Marker`] to O behind everything it had sent there; O passes the
-//!    marker on to T. (When T is the home itself, T sends the marker on the
-//!    entity's arrival.)
-//! 4. Until the marker arrives, T handles stragglers (they came the old way)
-//!    and holds everything that came the new way, in order; the marker
-//!    guarantees nothing older is still behind, so T then handles what it
-//!    held and the entity is settled. An entity moves again only once settled.
+//!    marker on to T and forgets the entity. (When T is the home itself, T
+//!    sends the marker on the entity's arrival.)
+//! 4. If T, not being the home, sent messages for the entity on to H while
+//!    the entity was away (see *Stale routes*), T also sends an
+//!    [`Op::Rejoin`] marker to H, routed like a message, so it comes back
+//!    behind them.
+//! 5. Until its markers arrive, T handles stragglers (they came the old way)
+//!    and holds everything else in order: what came from H, and — after
+//!    that — what came straight from senders' caches. The markers guarantee
+//!    nothing older is still behind, so T then handles what it held and the
+//!    entity is settled. An entity moves again only once settled.
 //!
 //! Messages the new way may even reach T before the entity does (its
 //! transfer waited in O's overflow queue): T holds them the same way.
 //!
-//! The design note sketches senders that learn the new home and send to it
-//! directly. That is only safe when the forwarded message is already in the
-//! ring when the sender learns — not when it waits in an overflow queue or
-//! takes two hops — so percore routes through the home and pays one extra
-//! ring hop for moved entities (counted as `rerouted`).
+//! # Lazy routes, and why every sender's order holds
+//!
+//! The claim: for each sender and entity, messages are handled in the order
+//! sent. Clients and home-route traffic keep the argument above: each hop is
+//! FIFO, H decides every forward in arrival order, and the markers make T
+//! wait for anything still on an older path ("H-order"). What is new is
+//! that a shard's stream to an entity may take two routes.
+//!
+//! **Epochs.** A shard S sends its stream in epochs, each on one route,
+//! alternating home and direct; a switch sends an [`Op::Switch`] marker down
+//! the old route before anything goes the new way, and S switches again
+//! only once the owner acknowledged ([`Op::Switched`]) the last marker. The
+//! owner's lane for S handles one class (home or direct) at a time, holds
+//! the other, and flips on the marker. So it suffices that (a) each epoch
+//! reaches the entity in the order sent, and (b) at most two epochs are in
+//! flight — true because the acknowledgement is sent only once the marker,
+//! and so everything before it, was handled — so the class names the epoch.
+//! Lanes travel with the entity in its transfer; whatever reaches its old
+//! shards later is forwarded behind it, so a lane sees each epoch in order
+//! wherever the entity goes.
+//!
+//! **(a) for a home epoch** is H-order. **For a direct epoch**, sent to
+//! shard C: every message crosses the ring S → C (FIFO) and C treats each in
+//! turn by its state for the entity: it lives here (handle), it is settling
+//! here (hold, in order, behind what H routed here), it just left (forward
+//! behind it as a straggler, while C keeps its pointer), or C knows nothing
+//! of it.
+//!
+//! **Stale routes.** A shard that is not an entity's home knows for sure
+//! whether the entity lives there: only the home may activate an entity it
+//! has no record of. So C, knowing nothing of the entity, never activates
+//! it: it *bounces* the message to H, which routes it by H-order, and
+//! remembers that it did. Messages C bounced and messages C forwarded before
+//! its pointer went do not overtake each other: the pointer goes only when
+//! H's marker passes C, and H sends that marker, and T waits for it, behind
+//! everything H routed on the old path. If the entity comes back to C, C
+//! sends a rejoin marker to H behind everything it bounced and holds the
+//! direct messages that reach it until the marker has come back; the
+//! bounced ones come back before it and are handled first. C keeps no
+//! pointer it would have to keep forever: only the set of entities it
+//! bounced for ([`BOUNCED_CAP`], beyond which every arrival rejoins).
+//!
+//! **Moving senders.** A sender is an entity, not a shard; an entity E that
+//! moves from S1 to S2 switches streams. Before any entity leaves S1, S1
+//! sends every cached route home and waits for the acknowledgements (no
+//! hints are taken meanwhile): so every message E sent from S1 and not yet
+//! handled waits on a home route, in a ring to its target's home (S1's
+//! outboxes are empty too), in no lane. On E's arrival S2 sends every shard
+//! an [`Op::Fence`]: the home drains the ring from S1 before anything S2
+//! sends it next. And S2 switches home every direct route it chose before
+//! the arrival (one mid-switch parks its sends until it can): so E's next
+//! message to any entity either goes home behind the fence, or takes a
+//! direct route whose switch marker did — and in both cases reaches the
+//! entity after every message E sent from S1 (H-order).
+//!
+//! **Durable entities.** What a durable handler sends waits for the log and
+//! is routed only when released, so it never lands behind a switch marker
+//! sent after it; outputs held when an entity leaves are released, and
+//! routed, on its new shard, after its arrival.
+//!
+//! **Cost.** A shard whose route cache is empty pays one branch per send.
+//! A miss costs the sender one hint; a stale route one extra hop through
+//! the home. Moves from a shard cost a round of switch markers when its
+//! cache is not empty; arrivals send its direct routes home.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 
 use crate::entity::{home_shard, KindId};
-use crate::envelope::{Envelope, Op, SenderId, CLIENT_BIT, STRAGGLER};
+use crate::envelope::{Envelope, Op, SenderId, CLIENT_BIT, DIRECT, STRAGGLER};
+use crate::routes::Lanes;
 use crate::shard::{Held, Route, Shard};
 use crate::table::KeyHasher;
 use crate::timers::MovedTimer;
@@ -71,7 +139,13 @@ impl Place {
         match self {
             Place::Away(s) => format!("away({s})"),
             Place::Guest => "guest".into(),
-            Place::Settling(s) => format!("settling(arrived {}, held {})", s.arrived, s.held.len()),
+            Place::Settling(s) => format!(
+                "settling(arrived {}, markers due {}, held {} + {})",
+                s.arrived,
+                s.due,
+                s.held.len(),
+                s.direct.len()
+            ),
         }
     }
 }
@@ -79,8 +153,17 @@ impl Place {
 pub(crate) struct Settling {
     /// Messages that came the new way, in order.
     held: VecDeque<Envelope>,
+    /// Messages that came straight from their sender's route cache, in
+    /// order: handled after `held`, where what the same senders sent before
+    /// and this shard bounced to the home comes back (see `Migration::bounced`).
+    direct: VecDeque<Envelope>,
     /// Whether the entity itself arrived.
     arrived: bool,
+    /// Markers still to come once it arrived: the home's [`Op::Marker`]
+    /// (it came from a shard that is not its home) and this shard's own
+    /// [`Op::Rejoin`] (this shard bounced messages for it, see
+    /// `Migration::bounced`). Settled when it arrived and none is due.
+    due: u8,
     /// When it left its old owner (for the pause figure).
     left_ns: u64,
     reply: Option<(SenderId, u64)>,
@@ -90,7 +173,9 @@ impl Settling {
     fn waiting() -> Self {
         Settling {
             held: VecDeque::new(),
+            direct: VecDeque::new(),
             arrived: false,
+            due: 0,
             left_ns: 0,
             reply: None,
         }
@@ -116,6 +201,9 @@ pub(crate) struct Migrant {
     origin: usize,
     /// Whether a marker follows (the old owner was not the home).
     settle: bool,
+    /// Its lanes: the streams of shards that send to it by a direct route
+    /// or are switching (see `routes`), with what they hold.
+    lanes: Lanes,
     left_ns: u64,
     reply: Option<(SenderId, u64)>,
 }
@@ -309,6 +397,43 @@ pub(crate) struct Migration {
     pub(crate) pauses: Vec<u64>,
     /// Departure times of entities settled but not yet stamped.
     pub(crate) unstamped: Vec<u64>,
+    /// Lanes of the entities here whose senders' streams are not in their
+    /// default state (see `routes`).
+    pub(crate) lanes: PairMap<Lanes>,
+    /// Entities this shard (not their home) sent direct messages on to the
+    /// home for, since they last arrived here: their next arrival waits for
+    /// an [`Op::Rejoin`]. At most [`BOUNCED_CAP`]; past that,
+    /// `bounced_overflow` makes every arrival wait for one.
+    pub(crate) bounced: PairSet,
+    pub(crate) bounced_overflow: bool,
+    /// Moves wait for the route cache to empty: hints are not taken.
+    pub(crate) draining: bool,
+}
+
+/// Most entities a shard remembers, one by one, having bounced messages
+/// for to their home (past that, every arrival waits for a rejoin marker).
+pub const BOUNCED_CAP: usize = 4096;
+
+impl Migration {
+    /// Whether addressed envelopes with no status may go straight to their
+    /// entity: nothing moved here or away, no sender's stream is switching.
+    #[inline]
+    pub(crate) fn quiet(&self) -> bool {
+        self.places.is_empty() && self.lanes.is_empty()
+    }
+
+    fn note_bounce(&mut self, id: EntityRef) {
+        if self.bounced.len() < BOUNCED_CAP {
+            self.bounced.insert(id);
+        } else if !self.bounced.contains(&id) {
+            self.bounced_overflow = true;
+        }
+    }
+
+    /// Whether an arrival of `id` must wait for a rejoin marker.
+    fn take_bounced(&mut self, id: EntityRef) -> bool {
+        self.bounced.remove(&id) || self.bounced_overflow
+    }
 }
 
 impl Shard {
@@ -321,43 +446,64 @@ impl Shard {
         match place {
             Some(Place::Away(to)) => {
                 let to = *to;
+                // Keep DIRECT: the owner's lanes tell a sender's routes by it.
+                let direct = env.status & DIRECT;
                 if self.is_home(id) {
-                    env.status = REROUTED;
+                    env.status = REROUTED | direct;
                     self.svc.counters.rerouted += 1;
                 } else {
-                    env.status = STRAGGLER;
+                    env.status = STRAGGLER | direct;
                     self.svc.counters.forwarded += 1;
                 }
                 self.svc.to_shards[to].push(env);
             }
+            Some(Place::Settling(s)) if env.op == Op::Rejoin => {
+                debug_assert!(s.arrived && s.due > 0, "an unexpected rejoin marker");
+                s.due -= 1;
+                if s.due == 0 {
+                    self.settle(id);
+                }
+            }
             Some(Place::Settling(s)) => {
                 if env.status & STRAGGLER != 0 && s.arrived {
-                    env.status = 0;
-                    self.deliver_here(env);
+                    self.hand(env);
+                } else if env.status == DIRECT {
+                    self.svc.counters.held += 1;
+                    s.direct.push_back(env);
                 } else {
                     debug_assert_eq!(env.status & STRAGGLER, 0, "a straggler before its entity");
                     self.svc.counters.held += 1;
                     s.held.push_back(env);
                 }
             }
-            Some(Place::Guest) => {
-                env.status = 0;
-                self.deliver_here(env);
-            }
+            Some(Place::Guest) => self.hand(env),
             None => {
-                if env.status & REROUTED != 0 && !self.is_home(id) {
+                debug_assert_ne!(
+                    env.op,
+                    Op::Rejoin,
+                    "shard {me}: a rejoin marker went astray"
+                );
+                let home = self.is_home(id);
+                if env.status & REROUTED != 0 && !home {
                     // Routed here by the home, ahead of the entity itself.
                     let mut s = Settling::waiting();
                     self.svc.counters.held += 1;
                     s.held.push_back(env);
                     self.mig.places.insert(id, Place::Settling(Box::new(s)));
+                } else if env.status == DIRECT && !home {
+                    // A sender's stale route: the entity is not here (only
+                    // its home may activate it without a place). Its home
+                    // knows where it is; what goes there after this comes
+                    // back here only behind a rejoin marker.
+                    self.mig.note_bounce(id);
+                    self.svc.counters.bounced += 1;
+                    self.svc.send_home(env);
                 } else {
                     debug_assert!(
-                        env.status == 0 || self.is_home(id),
+                        env.status == 0 || home,
                         "shard {me} got a forwarded envelope for an entity it knows nothing of"
                     );
-                    env.status = 0;
-                    self.deliver_here(env);
+                    self.hand(env);
                 }
             }
         }
@@ -366,6 +512,7 @@ impl Shard {
     /// Hands an addressed envelope to the entity on this shard.
     #[inline]
     pub(crate) fn deliver_here(&mut self, env: Envelope) {
+        debug_assert!(env.status == 0 && !matches!(env.op, Op::Switch | Op::Rejoin));
         if env.op == Op::Migrate {
             // SAFETY: `Op::Migrate` envelopes are made with a `MoveRequest`,
             // which is `Copy` and inline.
@@ -384,7 +531,7 @@ impl Shard {
         self.tables[kind].deliver(env, &mut self.svc);
     }
 
-    fn is_home(&self, (kind, key): EntityRef) -> bool {
+    pub(crate) fn is_home(&self, (kind, key): EntityRef) -> bool {
         let hash = self.svc.kinds.get(kind).hash;
         home_shard(hash, key, self.svc.spec.shard_count) == self.index()
     }
@@ -410,6 +557,16 @@ impl Shard {
                 let from = unsafe { env.read::<u32>() } as usize;
                 self.mig.fences.push(from);
             }
+            Op::Hint => {
+                // SAFETY: `Op::Hint` envelopes carry the owner as a `u32`.
+                let owner = unsafe { env.read::<u32>() } as usize;
+                // A shard emptying its cache to let entities leave learns
+                // again once they left (see `run_moves`).
+                if !self.mig.draining {
+                    self.svc.take_hint((env.kind, env.key), owner);
+                }
+            }
+            Op::Switched => self.svc.switched((env.kind, env.key)),
             Op::Released => {
                 // SAFETY: `Op::Released` envelopes carry the version as a `u64`.
                 let version = unsafe { env.read::<u64>() };
@@ -429,6 +586,7 @@ impl Shard {
         let m: Migrant = unsafe { env.take::<Migrant>() };
         let durable = m.departure.durable.is_some();
         self.tables[kind as usize].admit(key, m.departure, &mut self.svc);
+        self.put_lanes(id, m.lanes);
         for t in m.timers {
             self.svc.timers.adopt(t);
         }
@@ -454,10 +612,14 @@ impl Shard {
                 self.svc.to_shards[d].push(fence);
             }
         }
+        // It may send: no message may take a direct route chosen before it
+        // came (see the module docs).
+        self.svc.rebase_routes();
         self.mig.arrived_in.insert(id, self.svc.window);
         let home = self.is_home(id);
+        let rejoin = !home && self.mig.take_bounced(id);
         let earlier = self.mig.places.remove(&id);
-        if !m.settle {
+        if !m.settle && !rejoin {
             debug_assert!(
                 earlier.is_none(),
                 "shard {}: {:?} precedes a transfer of {id:?} from its home {}",
@@ -475,10 +637,17 @@ impl Shard {
             Some(Place::Guest) => unreachable!("a guest arriving again"),
         };
         s.arrived = true;
+        s.due = u8::from(m.settle) + u8::from(rejoin);
         s.left_ns = m.left_ns;
         s.reply = m.reply;
         self.mig.places.insert(id, Place::Settling(s));
-        if home {
+        if rejoin {
+            // Behind what this shard sent home for it while it was away.
+            let marker =
+                Envelope::empty(kind, key, Op::Rejoin, 0).with_route(self.index() as SenderId, 0);
+            self.svc.send_home(marker);
+        }
+        if home && m.settle {
             // Back home: the home is the one that sends the marker down the
             // old path (there is no pointer elsewhere to switch).
             let marker =
@@ -489,35 +658,51 @@ impl Shard {
 
     fn marker(&mut self, env: Envelope) {
         let id = (env.kind, env.key);
-        match self.mig.places.remove(&id) {
+        match self.mig.places.get_mut(&id) {
             Some(Place::Away(to)) => {
                 // An old owner: pass the marker on behind the stragglers; it
-                // never hears of this entity again.
+                // never hears of this entity again (senders whose cached
+                // route still names this shard are sent to the home).
+                let to = *to;
                 debug_assert!(!self.is_home(id));
+                self.mig.places.remove(&id);
                 self.svc.to_shards[to].push(env);
             }
             Some(Place::Settling(s)) => {
-                debug_assert!(s.arrived, "a marker overtook its entity");
-                if !self.is_home(id) {
-                    self.mig.places.insert(id, Place::Guest);
-                }
-                let Settling {
-                    held,
-                    left_ns,
-                    reply,
-                    ..
-                } = *s;
-                self.settled(left_ns, reply, env.kind, env.key);
-                for held in held {
-                    self.route_addressed(held);
+                debug_assert!(s.arrived && s.due > 0, "a marker overtook its entity");
+                s.due -= 1;
+                if s.due == 0 {
+                    self.settle(id);
                 }
             }
             other => {
-                debug_assert!(false, "unexpected marker");
-                if let Some(p) = other {
-                    self.mig.places.insert(id, p);
-                }
+                debug_assert!(
+                    false,
+                    "unexpected marker at {:?}",
+                    other.as_ref().map(|p| p.name())
+                );
             }
+        }
+    }
+
+    /// Every marker came: the entity is settled here; what was held goes on.
+    fn settle(&mut self, id: EntityRef) {
+        let Some(Place::Settling(s)) = self.mig.places.remove(&id) else {
+            unreachable!("settling");
+        };
+        if !self.is_home(id) {
+            self.mig.places.insert(id, Place::Guest);
+        }
+        let Settling {
+            held,
+            direct,
+            left_ns,
+            reply,
+            ..
+        } = *s;
+        self.settled(left_ns, reply, id.0, id.1);
+        for held in held.into_iter().chain(direct) {
+            self.route_addressed(held);
         }
     }
 
@@ -560,6 +745,17 @@ impl Shard {
         if self.svc.to_shards.iter().any(|o| !o.is_empty()) {
             return;
         }
+        // ... and only when this shard routes everything through homes and
+        // its switches home were acknowledged: then every message an
+        // entity sent from here and not yet handled waits in a ring to its
+        // target's home, where the fence of its arrival elsewhere orders it
+        // (see the module docs). No hints are taken meanwhile.
+        if !self.svc.routes.is_empty() {
+            self.mig.draining = true;
+            self.svc.flush_routes();
+            return;
+        }
+        self.mig.draining = false;
         for mv in std::mem::take(&mut self.mig.moves) {
             self.move_one(mv);
         }
@@ -622,12 +818,14 @@ impl Shard {
             self.svc.spec.shard_count,
         );
         let settle = home != me;
+        let lanes = self.take_lanes(id);
         let migrant = Migrant {
             departure,
             timers,
             held,
             origin: me,
             settle,
+            lanes,
             left_ns: self.svc.now_ns,
             reply,
         };
@@ -642,7 +840,7 @@ impl Shard {
             let local = std::mem::take(&mut self.svc.local);
             for mut env in local {
                 if (env.kind, env.key) == id && env.op.is_addressed() {
-                    env.status = STRAGGLER;
+                    env.status |= STRAGGLER;
                     self.svc.counters.forwarded += 1;
                     self.svc.to_shards[target].push(env);
                 } else {
@@ -830,9 +1028,12 @@ impl Shard {
     }
 
     /// Whether migrations are in flight here: entities waiting for their
-    /// marker, or moves not yet carried out.
+    /// marker, moves not yet carried out, route switches not yet
+    /// acknowledged, or messages held for a sender's switch marker.
     pub fn migrating(&self) -> bool {
         !self.mig.moves.is_empty()
+            || self.svc.routes_pending()
+            || self.lanes_holding()
             || self
                 .mig
                 .places

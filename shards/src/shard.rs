@@ -14,10 +14,11 @@ use std::sync::Arc;
 use crate::dispatch::ErasedTable;
 use crate::durable::{LogRefusal, LogSink};
 use crate::entity::KindId;
-use crate::envelope::{Envelope, Op, SenderId, CLIENT_BIT};
+use crate::envelope::{Envelope, Op, SenderId, CLIENT_BIT, MAX_SHARDS, TOKEN_MASK};
 use crate::error::AskError;
 use crate::kinds::Kinds;
-use crate::migrate::{EntityRef, HotList, Migration, PairSet, PendingMove};
+use crate::migrate::{EntityRef, HotList, Migration, PairMap, PairSet, PendingMove};
+use crate::routes::RouteEntry;
 use crate::timers::Timers;
 
 /// Counters of one shard. Monotonic; the runtime publishes snapshots.
@@ -56,10 +57,25 @@ pub struct Counters {
     pub migrations_in: u64,
     /// Messages an old owner forwarded behind an entity that left it.
     pub forwarded: u64,
-    /// Messages the home shard sent on to an entity living elsewhere (every
-    /// sender addresses the home: each of these is a routing miss).
+    /// Messages the home shard sent on to an entity living elsewhere
+    /// (clients always address the home; shards do until they learn).
     pub rerouted: u64,
-    /// Messages held by a new owner until the migration marker arrived.
+    /// Messages other shards' handlers sent that reached their entity here
+    /// straight from the sender's route cache (sent to this shard, not to
+    /// the home). Counted where the entity lives.
+    pub route_hits: u64,
+    /// Messages shards' handlers sent that reached their entity here only
+    /// after a detour: the sender's route was absent (it sent to the home)
+    /// or stale (it sent to a shard the entity had left). Each one sends its
+    /// sender a hint. Counted where the entity lives.
+    pub route_misses: u64,
+    /// Route changes this shard made as a sender (switch markers sent).
+    pub route_switches: u64,
+    /// Direct messages this shard sent to the entity's home because the
+    /// entity no longer lived here (a sender's stale route).
+    pub bounced: u64,
+    /// Messages held by a new owner until the migration marker arrived, or
+    /// by an owner until a sender's route switch marker arrived.
     pub held: u64,
     /// Explicit moves refused (the entity pinned itself).
     pub moves_refused: u64,
@@ -86,7 +102,7 @@ pub enum Destination {
 /// next time (the overflow queue).
 #[derive(Default)]
 pub struct Outbox {
-    queue: VecDeque<Envelope>,
+    pub(crate) queue: VecDeque<Envelope>,
     /// How many envelopes at the front were already counted as overflowed.
     counted: usize,
 }
@@ -137,6 +153,8 @@ impl Outbox {
 /// Where an envelope goes, decided when it is emitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
+    /// A message a handler sent: routed by the route cache when released.
+    Entity,
     Local,
     Shard(usize),
     Client(usize),
@@ -209,6 +227,9 @@ pub struct Services {
     pub(crate) pinned: PairSet,
     /// Moves handlers asked for ([`Ctx::move_to`](crate::Ctx::move_to)).
     pub(crate) self_moves: Vec<PendingMove>,
+    /// The route cache: entities this shard sends to somewhere other than
+    /// their home, or is switching routes for (see `routes`).
+    pub(crate) routes: PairMap<RouteEntry>,
 }
 
 impl Services {
@@ -222,32 +243,21 @@ impl Services {
     /// envelope back, when that destination has `overflow_cap` waiting.
     #[inline]
     pub(crate) fn send(&mut self, env: Envelope) -> Result<(), Envelope> {
-        let dest = self
-            .kinds
-            .home_shard(env.kind, env.key, self.spec.shard_count);
         let cap = self.spec.overflow_cap;
         if self.gate {
             if self.held.len() >= cap {
                 return Err(env);
             }
-            let route = if dest == self.spec.shard {
-                Route::Local
-            } else {
-                Route::Shard(dest)
-            };
+            // Routed when released: a route switch in between must not
+            // leave it behind its own marker.
             let from = self.gate_from;
-            self.held.push(Held { route, env, from });
-        } else if dest == self.spec.shard {
-            if self.local.len() >= cap {
-                return Err(env);
-            }
-            self.local.push_back(env);
+            self.held.push(Held {
+                route: Route::Entity,
+                env,
+                from,
+            });
         } else {
-            let out = &mut self.to_shards[dest];
-            if out.len() >= cap {
-                return Err(env);
-            }
-            out.push(env);
+            self.route_message(env, cap)?;
         }
         self.counters.sent += 1;
         Ok(())
@@ -273,7 +283,7 @@ impl Services {
             }
             Op::AskEntity => {
                 let env = Envelope::new(kind, key, Op::ReplyEntity, reply);
-                self.queue_for_origin(sender, env.with_route(sender, token));
+                self.queue_for_origin(sender, env.with_route(sender, token & TOKEN_MASK));
             }
             _ => unreachable!("only messages reach handlers"),
         }
@@ -297,7 +307,7 @@ impl Services {
             }
             Op::AskEntity => {
                 let env = Envelope::error(kind, key, Op::ReplyEntity, err);
-                self.queue_for_origin(sender, env.with_route(sender, token));
+                self.queue_for_origin(sender, env.with_route(sender, token & TOKEN_MASK));
             }
             _ => unreachable!("only messages reach handlers"),
         }
@@ -335,6 +345,9 @@ impl Services {
     #[inline]
     fn route(&mut self, route: Route, env: Envelope) {
         match route {
+            Route::Entity => {
+                let _ = self.route_message(env, usize::MAX);
+            }
             Route::Local => self.local.push_back(env),
             Route::Shard(s) => self.to_shards[s].push(env),
             Route::Client(c) => self.to_clients[c].push(env),
@@ -375,7 +388,7 @@ impl Services {
                 // The durable entity asked someone; answer its own continuation
                 // (on the shard it asked from, which it may have left since).
                 let e = Envelope::error(env.kind, env.key, Op::ReplyEntity, err)
-                    .with_route(env.sender, env.token);
+                    .with_route(env.sender, env.token & TOKEN_MASK);
                 if env.sender as usize == self.spec.shard {
                     self.local.push_back(e);
                 } else {
@@ -444,9 +457,14 @@ impl Shard {
     ///
     /// # Panics
     ///
-    /// If `spec.shard >= spec.shard_count` or `spec.overflow_cap == 0`.
+    /// If `spec.shard >= spec.shard_count`, `spec.shard_count` exceeds
+    /// [`MAX_SHARDS`] or `spec.overflow_cap == 0`.
     pub fn new(spec: ShardSpec, kinds: Arc<Kinds>) -> Self {
         assert!(spec.shard < spec.shard_count, "shard index out of range");
+        assert!(
+            spec.shard_count <= MAX_SHARDS,
+            "at most {MAX_SHARDS} shards"
+        );
         assert!(spec.overflow_cap > 0, "overflow_cap must be at least 1");
         let tables = kinds.make_tables();
         Shard {
@@ -473,6 +491,7 @@ impl Shard {
                 hot: HotList::default(),
                 pinned: PairSet::default(),
                 self_moves: Vec::new(),
+                routes: PairMap::default(),
             },
             mig: Migration::default(),
         }
@@ -495,17 +514,22 @@ impl Shard {
             Op::Tell | Op::AskClient | Op::AskEntity | Op::Migrate => {
                 // NB: one test for the common case (nothing ever moved to or
                 // from this shard); see the `tell_cross_core` bench.
-                if env.status == 0 && self.mig.places.is_empty() {
+                if env.status == 0 && self.mig.quiet() {
                     self.deliver_here(env);
                 } else {
                     self.route_addressed(env);
                 }
             }
+            Op::Switch | Op::Rejoin => self.route_addressed(env),
             Op::ReplyEntity => self.resume(env),
             Op::ReplyClient => debug_assert!(false, "a client reply reached a shard"),
-            Op::Transfer | Op::Moved | Op::Marker | Op::Released | Op::Fence => {
-                self.deliver_control(env)
-            }
+            Op::Transfer
+            | Op::Moved
+            | Op::Marker
+            | Op::Released
+            | Op::Fence
+            | Op::Switched
+            | Op::Hint => self.deliver_control(env),
         }
     }
 

@@ -3,6 +3,10 @@
 //! queues, entity-to-entity tells and asks, timers, explicit moves and the
 //! rebalancer — over many seeds. Every run must end with every sender's order
 //! kept, every message handled exactly once and every ask answered once.
+//! Half the seeds are calm (counters tour A → B → C → A now and then,
+//! relays seldom move), so relays learn routes and then find them stale;
+//! the other half move things all the time. Across the seeds messages must
+//! have taken learned routes and stale ones.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -25,6 +29,8 @@ thread_local! {
     static VIOLATIONS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     /// Timer ticks handled.
     static TICKS: RefCell<u64> = const { RefCell::new(0) };
+    /// A relay moves itself every this many sends to one counter.
+    static RELAY_MOVE_EVERY: RefCell<u64> = const { RefCell::new(5) };
 }
 
 fn violation(v: String) {
@@ -108,7 +114,7 @@ impl Entity for Relay {
                 let seq = self.next.entry(counter).or_insert(0);
                 *seq += 1;
                 let m = CounterMsg::Seq { sender, seq: *seq };
-                if (*seq).is_multiple_of(5) {
+                if (*seq).is_multiple_of(RELAY_MOVE_EVERY.with(|e| *e.borrow())) {
                     // Now and then a relay moves itself, mid-stream.
                     let to = (ctx.key() + *seq) as usize % ctx.shard_count();
                     assert!(ctx.move_to(to));
@@ -178,6 +184,12 @@ struct Sim {
     policy: RebalancePolicy,
     moves_done: u64,
     draining: bool,
+    /// Calm runs move entities now and then, so senders have time to learn
+    /// routes (and then find them stale); stormy ones move all the time.
+    calm: bool,
+    /// Migrate requests still to send for a counter touring the shards
+    /// (A → B → C → A): (client, key, targets left).
+    tour: Option<(usize, u64, Vec<u32>)>,
 }
 
 const COUNTERS: u64 = 12;
@@ -204,6 +216,8 @@ impl Sim {
             })
             .collect();
         let ring_cap = 1 + rng.below(4) as usize;
+        let calm = rng.below(2) == 0;
+        RELAY_MOVE_EVERY.with(|e| *e.borrow_mut() = if calm { 100 } else { 5 });
         Sim {
             rng,
             shards,
@@ -231,6 +245,8 @@ impl Sim {
             },
             moves_done: 0,
             draining: false,
+            calm,
+            tour: None,
         }
     }
 
@@ -244,8 +260,31 @@ impl Sim {
 
     fn client_send(&mut self, client: usize) {
         let sender = CLIENT_BIT | client as u32;
+        if let Some((c, key, mut left)) = self.tour.take() {
+            let target = left.pop().expect("tours are never empty");
+            let token = self.token(c, Expect::Move);
+            let env = Envelope::new(self.counter_kind, key, Op::Migrate, MoveRequest { target })
+                .with_route(CLIENT_BIT | c as u32, token);
+            if !left.is_empty() {
+                self.tour = Some((c, key, left));
+            }
+            let home = self.home(env.kind, env.key);
+            self.requests[c][home].push_back(env);
+            return;
+        }
         let roll = self.rng.below(100);
-        let env = if roll < 8 {
+        if self.calm && roll == 99 {
+            // A counter tours three shards and comes back, while relays
+            // still hold routes to where it was.
+            let key = self.rng.below(COUNTERS);
+            let n = self.n() as u32;
+            let a = self.rng.below(u64::from(n)) as u32;
+            let tour = vec![a, (a + 2) % n, (a + 1) % n, a];
+            self.tour = Some((client, key, tour));
+            return;
+        }
+        let (moves, relays) = if self.calm { (0, 60) } else { (8, 30) };
+        let env = if roll < moves {
             // An explicit move to a random shard.
             let (kind, key) = if self.rng.below(2) == 0 {
                 (self.counter_kind, self.rng.below(COUNTERS))
@@ -255,7 +294,7 @@ impl Sim {
             let target = self.rng.below(self.n() as u64) as u32;
             let token = self.token(client, Expect::Move);
             Envelope::new(kind, key, Op::Migrate, MoveRequest { target }).with_route(sender, token)
-        } else if roll < 30 {
+        } else if roll < relays {
             let key = self.rng.below(RELAYS);
             let counter = self.rng.below(COUNTERS);
             let ask = self.rng.below(2) == 0;
@@ -328,6 +367,7 @@ impl Sim {
                 shard.set_now(self.now_ns.max(shard.now_ns()));
                 shard.fire_timers(8) > 0
             }
+            5 if self.calm && self.rng.below(50) != 0 => false,
             5 => {
                 // A heat window ends with made-up loads, so the rebalancer
                 // moves things too.
@@ -466,7 +506,16 @@ fn reset() {
     TICKS.with(|t| *t.borrow_mut() = 0);
 }
 
-fn check_seed(seed: u64) -> (u64, u64) {
+/// Route learning figures summed over every shard of a run.
+#[derive(Default, Debug, Clone, Copy)]
+struct Learning {
+    hits: u64,
+    misses: u64,
+    bounced: u64,
+    switches: u64,
+}
+
+fn check_seed(seed: u64) -> (u64, u64, Learning) {
     if std::env::var("SIM_TRACE").is_ok() {
         eprintln!("seed {seed}");
     }
@@ -515,20 +564,54 @@ fn check_seed(seed: u64) -> (u64, u64) {
     let moved: u64 = sim.shards.iter().map(|s| s.counters().migrations_in).sum();
     let out: u64 = sim.shards.iter().map(|s| s.counters().migrations_out).sum();
     assert_eq!(moved, out, "seed {seed}: every departure arrived");
-    (moved, sim.moves_done)
+    let mut learning = Learning::default();
+    for s in &sim.shards {
+        let c = s.counters();
+        learning.hits += c.route_hits;
+        learning.misses += c.route_misses;
+        learning.bounced += c.bounced;
+        learning.switches += c.route_switches;
+    }
+    (moved, sim.moves_done, learning)
 }
 
 #[test]
 fn migration_keeps_order_and_exactly_once_over_many_seeds() {
+    // SIM_SEEDS=3000 runs more locally.
+    // SIM_SEED=n replays one seed.
+    if let Some(one) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        check_seed(one);
+        return;
+    }
+    let seeds: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     let mut moved = 0;
     let mut explicit = 0;
-    for seed in 0..300 {
-        let (m, e) = check_seed(seed);
+    let mut learning = Learning::default();
+    for seed in 0..seeds {
+        let (m, e, l) = check_seed(seed);
         moved += m;
         explicit += e;
+        learning.hits += l.hits;
+        learning.misses += l.misses;
+        learning.bounced += l.bounced;
+        learning.switches += l.switches;
     }
+    eprintln!("{seeds} seeds: {moved} migrations, {explicit} explicit, {learning:?}");
     // The runs must actually have moved things, or they prove nothing.
     assert!(moved > 1_000, "only {moved} migrations in all seeds");
     assert!(explicit > 500, "only {explicit} explicit moves answered");
     assert!(TICKS.with(|t| *t.borrow()) > 0);
+    // ... and senders must have learned routes, used them, and found some
+    // stale, or the routing cache was never put to the test.
+    assert!(
+        learning.hits > 0,
+        "no message took a learned route: {learning:?}"
+    );
+    assert!(
+        learning.bounced > 0,
+        "no stale route was ever taken: {learning:?}"
+    );
 }
