@@ -2,7 +2,7 @@
 //! cross-core tell against a raw rtrb ring between the same two cores,
 //! same-shard tell (the local fast path), the ask round trip, 100 000
 //! entities at random keys, activation, and the inner parts (ring batches,
-//! table lookup, envelope encode).
+//! table lookup, envelope encode, one shard's tell path without rings).
 //!
 //! Run with `cargo bench -p percore-bench --bench engine`. Shards poll
 //! (IdlePolicy::Poll) so the figures show the engine, not wakeup latency;
@@ -17,8 +17,9 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use percore::{Ctx, Engine, Entity, IdlePolicy};
+use percore_shards::envelope::CLIENT_BIT;
 use percore_shards::table::Table;
-use percore_shards::{Envelope, Op};
+use percore_shards::{Envelope, Kinds, Op, Shard, ShardSpec};
 
 /// Adds what it is sent.
 struct Sink(u64);
@@ -276,6 +277,31 @@ fn inner_parts(c: &mut Criterion) {
         b.iter(|| {
             for &k in &keys {
                 black_box(table.find(k));
+            }
+        })
+    });
+    // One shard alone, no rings: 64 tells to live entities, round the 1 000
+    // of them (the dispatch and table hit path the index's hash and group
+    // scan were measured with).
+    let mut kinds = Kinds::new();
+    let sink = kinds.register::<Sink>().unwrap();
+    let spec = ShardSpec {
+        shard: 0,
+        shard_count: 1,
+        client_slots: 1,
+        overflow_cap: 1024,
+    };
+    let mut shard = Shard::new(spec, Arc::new(kinds));
+    let tell = |key: u64| Envelope::new(sink, key, Op::Tell, 1u64).with_route(CLIENT_BIT, 0);
+    for key in 0..1_000 {
+        shard.deliver(tell(key));
+    }
+    let mut key = 0;
+    g.bench_function("shard_tell_live_1000_64", |b| {
+        b.iter(|| {
+            for _ in 0..64 {
+                shard.deliver(tell(key));
+                key = (key + 1) % 1_000;
             }
         })
     });

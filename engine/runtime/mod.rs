@@ -2,7 +2,9 @@
 //! `LocalExecutor`, whose main task is the shard loop.
 //!
 //! One pass of the loop: read the clock; drain each inbound ring (other
-//! shards', then clients') by at most [`RING_DRAIN_BATCH`] envelopes; fire due
+//! shards', then clients') by at most [`RING_DRAIN_BATCH`] envelopes, asking
+//! the shard to prefetch the index lines of a chunk before delivering it
+//! (`Shard::prefetch`: the misses of a big table overlap); fire due
 //! timers; run the local queue by at most [`LOCAL_BATCH`]; publish every
 //! outbox in one batch per destination and ring the doorbells of sleepers.
 //! With nothing to do it follows the idle policy: poll, spin then park, or

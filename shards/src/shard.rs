@@ -21,6 +21,10 @@ use crate::migrate::{EntityRef, HotList, Migration, PairMap, PairSet, PendingMov
 use crate::routes::RouteEntry;
 use crate::timers::Timers;
 
+/// Most keys [`Shard::prefetch`] hands a table in one call (one virtual call
+/// per run of keys of one kind, not per key).
+const PREFETCH_RUN_MAX: usize = 16;
+
 /// Counters of one shard. Monotonic; the runtime publishes snapshots.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -530,6 +534,44 @@ impl Shard {
             | Op::Fence
             | Op::Switched
             | Op::Hint => self.deliver_control(env),
+        }
+    }
+
+    /// Starts loading what delivering envelopes for `targets` (kind and key
+    /// of each) will read first (the index lines of their tables), without
+    /// waiting. A runtime that holds a batch of envelopes calls this before
+    /// it hands them to [`Shard::deliver`], so the index misses of the batch
+    /// overlap instead of each stalling the shard in turn. Any kind and key
+    /// are harmless: an unknown kind is ignored, a key that is not here costs
+    /// one wasted line. Tables small enough to stay in the cache skip it, and
+    /// when every table is that small this returns before looking at
+    /// `targets`.
+    #[inline]
+    pub fn prefetch(&self, targets: impl IntoIterator<Item = (KindId, u64)>) {
+        if !self.tables.iter().any(|t| t.prefetch_pays()) {
+            return;
+        }
+        // Runs of one kind go to their table in one call.
+        let mut run = [0u64; PREFETCH_RUN_MAX];
+        let (mut kind, mut len) = (0, 0);
+        for (k, key) in targets {
+            if len == PREFETCH_RUN_MAX || (len > 0 && k != kind) {
+                self.prefetch_run(kind, &run[..len]);
+                len = 0;
+            }
+            kind = k;
+            run[len] = key;
+            len += 1;
+        }
+        if len > 0 {
+            self.prefetch_run(kind, &run[..len]);
+        }
+    }
+
+    #[inline]
+    fn prefetch_run(&self, kind: KindId, keys: &[u64]) {
+        if let Some(table) = self.tables.get(kind as usize) {
+            table.prefetch(keys);
         }
     }
 
