@@ -235,6 +235,11 @@ fn usage(problem: &str) -> ! {
 struct RunReport {
     per_shard: Vec<(f64, u64, u64, u64, u64)>,
     migrations: u64,
+    /// Messages homes forwarded to moved entities, and shards' sends that
+    /// reached a moved entity straight from their route cache or not.
+    rerouted: u64,
+    route_hits: u64,
+    route_misses: u64,
     pauses: percore::PauseStats,
 }
 
@@ -298,6 +303,9 @@ fn run(o: &Options, rebalance: bool) -> RunReport {
     RunReport {
         per_shard,
         migrations: metrics.total().migrations_out,
+        rerouted: metrics.total().rerouted,
+        route_hits: metrics.total().route_hits,
+        route_misses: metrics.total().route_misses,
         pauses,
     }
 }
@@ -319,6 +327,10 @@ fn print(name: &str, r: &RunReport) {
         r.pauses.p50_ns as f64 / 1e3,
         r.pauses.p99_ns as f64 / 1e3,
         r.pauses.max_ns as f64 / 1e3
+    );
+    println!(
+        "  routing: {} rerouted by a home, route cache {} hits / {} misses",
+        r.rerouted, r.route_hits, r.route_misses
     );
 }
 
