@@ -14,7 +14,7 @@
 //! segment_len_bytes = 67108864
 //! checkpoint_len_bytes = 268435456
 //! # moving hot entities off a busy shard (off by default; heat is always measured)
-//! rebalance = { enabled = true, window_ms = 100, min_gap_percent = 20, sustain_windows = 3, max_moves_per_window = 4, cooldown_windows = 20 }
+//! rebalance = { enabled = true, window_ms = 100, min_gap_percent = 20, sustain_windows = 3, max_moves_per_window = 4, cooldown_windows = 20, learn_routes = false }
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -166,6 +166,15 @@ pub struct RebalanceConfig {
     pub max_moves_per_window: u32,
     /// Windows an entity stays put after it arrived. Default 20.
     pub cooldown_windows: u32,
+    /// Whether shards whose handlers send to a moved entity learn its shard
+    /// and send there directly, instead of through its home (which forwards:
+    /// one more ring hop). Default false: in `examples/plaza.rs` on two
+    /// cores, learning raised the message latency with rebalancing on (p50
+    /// about 150 → 250 µs; see docs/BENCHMARKS.md), because every delivery
+    /// on a shard with learned routes takes the protocol's slower path.
+    /// Worth trying with many shards, where the home is more often a third
+    /// shard. Moves work either way.
+    pub learn_routes: bool,
 }
 
 impl Default for RebalanceConfig {
@@ -177,6 +186,7 @@ impl Default for RebalanceConfig {
             sustain_windows: 3,
             max_moves_per_window: 4,
             cooldown_windows: 20,
+            learn_routes: false,
         }
     }
 }
@@ -389,6 +399,7 @@ mod tests {
                 sustain_windows: 2,
                 max_moves_per_window: 3,
                 cooldown_windows: 5,
+                learn_routes: true,
             },
         };
         let text = cfg.to_toml_string();

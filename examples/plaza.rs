@@ -15,7 +15,7 @@
 //! p99.9; then migrations and their pauses.
 //!
 //! ```sh
-//! cargo run --release --example plaza -- [--players N] [--seconds S] [--emote-percent P] [--work N]
+//! cargo run --release --example plaza -- [--players N] [--seconds S] [--emote-percent P] [--work N] [--learn-routes]
 //! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -190,6 +190,8 @@ struct Options {
     seconds: u64,
     emote_percent: f64,
     work: u64,
+    /// Shards learn moved rooms' shards (`RebalanceConfig::learn_routes`).
+    learn_routes: bool,
 }
 
 fn options() -> Options {
@@ -198,6 +200,7 @@ fn options() -> Options {
         seconds: 6,
         emote_percent: 80.0,
         work: 64,
+        learn_routes: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -215,6 +218,7 @@ fn options() -> Options {
                     .unwrap_or_else(|_| usage("--emote-percent P"))
             }
             "--work" => o.work = value().parse().unwrap_or_else(|_| usage("--work N")),
+            "--learn-routes" => o.learn_routes = true,
             _ => usage(&format!("unknown option {a}")),
         }
     }
@@ -226,7 +230,7 @@ fn options() -> Options {
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "plaza: {problem}\nusage: plaza [--players N] [--seconds S (>= 3)] [--emote-percent P] [--work N]"
+        "plaza: {problem}\nusage: plaza [--players N] [--seconds S (>= 3)] [--emote-percent P] [--work N] [--learn-routes]"
     );
     std::process::exit(2);
 }
@@ -250,6 +254,7 @@ fn run(o: &Options, rebalance: bool) -> RunReport {
         .register::<Player>()
         .rebalance(RebalanceConfig {
             enabled: rebalance,
+            learn_routes: o.learn_routes,
             ..RebalanceConfig::default()
         })
         .build()

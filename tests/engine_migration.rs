@@ -150,6 +150,8 @@ fn moves_under_load_lose_duplicate_and_reorder_nothing() {
                 sustain_windows: 1,
                 max_moves_per_window: 2,
                 cooldown_windows: 2,
+                // Relays learn where moved sinks went (off by default).
+                learn_routes: true,
             })
             .build()
             .unwrap();
@@ -471,6 +473,7 @@ fn rebalancing_spreads_a_hot_spot_and_then_stays_put() {
                 sustain_windows: 2,
                 max_moves_per_window: 4,
                 cooldown_windows: 50,
+                learn_routes: false,
             })
             .build()
             .unwrap();

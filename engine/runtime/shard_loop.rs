@@ -157,7 +157,8 @@ impl ShardLoop {
             client_slots: shared.config.max_clients,
             overflow_cap: shared.config.overflow_cap,
         };
-        let shard = Shard::new(spec, shared.kinds.clone());
+        let mut shard = Shard::new(spec, shared.kinds.clone());
+        shard.set_route_learning(shared.config.rebalance.learn_routes);
         let clients = (0..shared.config.max_clients).map(|_| None).collect();
         ShardLoop {
             index,

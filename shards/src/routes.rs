@@ -293,9 +293,11 @@ impl Shard {
                 let detour = flags & (REROUTED | STRAGGLER) != 0 || (direct && self.is_home(id));
                 if detour {
                     self.svc.counters.route_misses += 1;
-                    let hint = Envelope::new(id.0, id.1, Op::Hint, self.index() as u32)
-                        .with_route(self.index() as SenderId, 0);
-                    self.push_to(stream, hint);
+                    if self.svc.learn_routes {
+                        let hint = Envelope::new(id.0, id.1, Op::Hint, self.index() as u32)
+                            .with_route(self.index() as SenderId, 0);
+                        self.push_to(stream, hint);
+                    }
                 } else if direct {
                     self.svc.counters.route_hits += 1;
                 }

@@ -234,6 +234,9 @@ pub struct Services {
     /// The route cache: entities this shard sends to somewhere other than
     /// their home, or is switching routes for (see `routes`).
     pub(crate) routes: PairMap<RouteEntry>,
+    /// Whether an owner hints senders whose messages took a detour (see
+    /// [`Shard::set_route_learning`]).
+    pub(crate) learn_routes: bool,
 }
 
 impl Services {
@@ -496,6 +499,7 @@ impl Shard {
                 pinned: PairSet::default(),
                 self_moves: Vec::new(),
                 routes: PairMap::default(),
+                learn_routes: true,
             },
             mig: Migration::default(),
         }
@@ -873,6 +877,16 @@ impl Shard {
     #[inline]
     pub fn shard_backlog(&self) -> usize {
         self.svc.shard_backlog()
+    }
+
+    /// Whether this shard, as an entity's owner, hints the shards whose
+    /// messages reached the entity only after a detour (through its home, or
+    /// a shard it had left), so they learn to send to it directly (see
+    /// `routes`). On by default. Off, no shard ever caches a route: moved
+    /// entities are reached through their home, and the route protocol
+    /// (lanes, switch markers) stays idle. Misses are counted either way.
+    pub fn set_route_learning(&mut self, on: bool) {
+        self.svc.learn_routes = on;
     }
 
     /// The overflow cap this shard was built with.
