@@ -341,14 +341,16 @@ impl ShardLoop {
 
     /// Envelopes waiting in every inbound ring, other shards' and clients'.
     fn ready(&self) -> usize {
-        let shards: usize = self.inbound.iter().map(|(_, r)| r.slots()).sum();
-        let clients: usize = self
+        self.inbound_rings().map(Consumer::slots).sum()
+    }
+
+    /// Every ring this shard reads: other shards', then its clients' requests.
+    fn inbound_rings(&self) -> impl Iterator<Item = &Consumer<Envelope>> {
+        let clients = self
             .active
             .iter()
-            .filter_map(|&slot| self.clients[slot].as_ref())
-            .map(|c| c.requests.slots())
-            .sum();
-        shards + clients
+            .map(|&slot| &self.clients[slot].as_ref().expect("active slot").requests);
+        self.inbound.iter().map(|(_, r)| r).chain(clients)
     }
 
     /// One pass over every source of work. Returns how many things it did.
@@ -611,12 +613,7 @@ impl ShardLoop {
     /// flight does not count: its completion rings the doorbell.
     fn idle(&mut self) -> bool {
         self.shard.local_len() == 0
-            && self.inbound.iter().all(|(_, r)| r.is_empty())
-            && self.active.iter().all(|&slot| {
-                self.clients[slot]
-                    .as_ref()
-                    .is_some_and(|c| c.requests.is_empty())
-            })
+            && self.inbound_rings().all(Consumer::is_empty)
             && self.outbound.iter().enumerate().all(|(d, ring)| {
                 ring.as_ref()
                     .is_none_or(|r| r.is_full() || self.shard.outbox_to_shard(d).is_empty())

@@ -466,16 +466,11 @@ fn many_from_entities(scale: Scale) -> Vec<Figure> {
     let _ = DONE.set(Countdown::new(plan.keys.len()));
     let engine = many_engine();
     let client = engine.client().expect("client");
-    let homed_on = |shard: usize, of: &dyn Fn(u64) -> Option<usize>| {
-        (0..)
-            .find(|&k| of(k) == Some(shard))
-            .expect("a key per shard")
-    };
     let drivers: Vec<u64> = (0..CORES.len())
-        .map(|s| homed_on(s, &|k| client.shard_of::<Driver>(k)))
+        .map(|s| first_key_on::<Driver>(&client, s))
         .collect();
     let probes = (0..CORES.len())
-        .map(|s| homed_on(s, &|k| client.shard_of::<Counter>(k)))
+        .map(|s| first_key_on::<Counter>(&client, s))
         .collect();
     let _ = MANY_PLACES.set((drivers.clone(), probes));
     let before = engine.metrics().total().handled;
@@ -487,6 +482,13 @@ fn many_from_entities(scale: Scale) -> Vec<Figure> {
     let handled = engine.shutdown().expect("shutdown").total().handled - before;
     assert!(handled >= total, "every message handled");
     vec![rate("msgs_per_s", total, end - start)]
+}
+
+/// The smallest key of kind `E` whose home is `shard`.
+fn first_key_on<E: Entity>(client: &percore::Client, shard: usize) -> u64 {
+    (0..)
+        .find(|&k| client.shard_of::<E>(k) == Some(shard))
+        .expect("every shard is some key's home")
 }
 
 /// `many` from two client threads, one pinned to each core, sharing the
