@@ -159,11 +159,11 @@ impl Client {
         msg: E::Msg,
         wait: bool,
     ) -> Result<(), TellError<E::Msg>> {
-        let Some(kind) = self.shared.kinds.id_of::<E>() else {
-            return Err(TellError::UnknownKind(msg));
+        let env = match self.shared.kinds.message::<E>(key, Op::Tell, msg) {
+            Ok(env) => env.with_route(self.sender, 0),
+            Err(msg) => return Err(TellError::UnknownKind(msg)),
         };
-        let shard = self.home(kind, key);
-        let env = Envelope::new(kind, key, Op::Tell, msg).with_route(self.sender, 0);
+        let shard = self.home(env.kind, key);
         match self.send_one(shard, env, wait) {
             Ok(()) => {
                 self.shared.doorbells[shard].notify();
@@ -218,7 +218,11 @@ impl Client {
                 }
             }
             run_shard = shard;
-            run.push(Envelope::new(kind, key, Op::Tell, msg).with_route(self.sender, 0));
+            let env = match self.shared.kinds.message::<E>(key, Op::Tell, msg) {
+                Ok(env) => env,
+                Err(_) => unreachable!("kind {kind} is registered"),
+            };
+            run.push(env.with_route(self.sender, 0));
         }
         if failed.is_none() && !run.is_empty() {
             if let Err(e) = self.publish(&mut requests[run_shard], run_shard, &mut run) {
@@ -335,15 +339,14 @@ impl Client {
     }
 
     fn send_ask<E: Entity>(&self, key: u64, msg: E::Msg) -> Result<(usize, u64), AskError> {
-        let kind = self
-            .shared
-            .kinds
-            .id_of::<E>()
-            .ok_or(AskError::UnknownKind)?;
-        let shard = self.home(kind, key);
+        let env = match self.shared.kinds.message::<E>(key, Op::AskClient, msg) {
+            Ok(env) => env,
+            Err(_) => return Err(AskError::UnknownKind),
+        };
+        let shard = self.home(env.kind, key);
         let token = self.next_token.get();
         self.next_token.set(token + 1);
-        let env = Envelope::new(kind, key, Op::AskClient, msg).with_route(self.sender, token);
+        let env = env.with_route(self.sender, token);
         match self.send_one(shard, env, true) {
             Ok(()) => {
                 self.shared.doorbells[shard].notify();
@@ -376,18 +379,18 @@ impl Client {
         if shard >= shard_count {
             return Err(MigrateError::NoSuchShard { shard, shard_count });
         }
-        let kind = self
-            .shared
-            .kinds
-            .id_of::<E>()
-            .ok_or(MigrateError::UnknownKind)?;
-        let home = self.home(kind, key);
-        let token = self.next_token.get();
-        self.next_token.set(token + 1);
         let request = MoveRequest {
             target: shard as u32,
         };
-        let env = Envelope::new(kind, key, Op::Migrate, request).with_route(self.sender, token);
+        let env = self
+            .shared
+            .kinds
+            .move_request::<E>(key, request)
+            .ok_or(MigrateError::UnknownKind)?;
+        let home = self.home(env.kind, key);
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        let env = env.with_route(self.sender, token);
         if let Err((_, fail)) = self.send_one(home, env, true) {
             return Err(match fail {
                 PushFail::Full => MigrateError::Full,

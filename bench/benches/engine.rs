@@ -249,7 +249,10 @@ fn inner_parts(c: &mut Criterion) {
         let (mut tx, mut rx) = rtrb::RingBuffer::<Envelope>::new(1024);
         b.iter(|| {
             let chunk = tx.write_chunk_uninit(64).unwrap();
-            chunk.fill_from_iter((0..64u64).map(|k| Envelope::new(0, k, Op::Tell, k)));
+            // SAFETY: read back below as the `u64` it is; never delivered.
+            chunk.fill_from_iter(
+                (0..64u64).map(|k| unsafe { Envelope::new_unchecked(0, k, Op::Tell, k) }),
+            );
             let chunk = rx.read_chunk(64).unwrap();
             for env in chunk {
                 // SAFETY: made above with `u64`.
@@ -260,7 +263,8 @@ fn inner_parts(c: &mut Criterion) {
     g.bench_function("envelope_encode_decode_64", |b| {
         b.iter(|| {
             for k in 0..64u64 {
-                let env = Envelope::new(0, k, Op::Tell, black_box((k, k)));
+                // SAFETY: read back just below as the `(u64, u64)` it is.
+                let env = unsafe { Envelope::new_unchecked(0, k, Op::Tell, black_box((k, k))) };
                 // SAFETY: made just above with `(u64, u64)`.
                 black_box(unsafe { env.take::<(u64, u64)>() });
             }
@@ -291,16 +295,23 @@ fn inner_parts(c: &mut Criterion) {
         client_slots: 1,
         overflow_cap: 1024,
     };
-    let mut shard = Shard::new(spec, Arc::new(kinds));
-    let tell = |key: u64| Envelope::new(sink, key, Op::Tell, 1u64).with_route(CLIENT_BIT, 0);
+    let _ = sink;
+    let kinds = Arc::new(kinds);
+    let mut shard = Shard::new(spec, kinds.clone());
+    let tell = |key: u64| match kinds.message::<Sink>(key, Op::Tell, 1u64) {
+        Ok(env) => env.with_route(CLIENT_BIT, 0),
+        Err(_) => unreachable!("Sink is registered"),
+    };
     for key in 0..1_000 {
-        shard.deliver(tell(key));
+        // SAFETY: built by `Kinds::message` on this shard's registry.
+        unsafe { shard.deliver(tell(key)) };
     }
     let mut key = 0;
     g.bench_function("shard_tell_live_1000_64", |b| {
         b.iter(|| {
             for _ in 0..64 {
-                shard.deliver(tell(key));
+                // SAFETY: as above.
+                unsafe { shard.deliver(tell(key)) };
                 key = (key + 1) % 1_000;
             }
         })

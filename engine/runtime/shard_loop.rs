@@ -384,7 +384,9 @@ impl ShardLoop {
             let mut chunk = chunk.into_iter();
             while self.shard.shard_backlog() <= backlog_max {
                 let Some(env) = chunk.next() else { break };
-                self.shard.deliver(env);
+                // SAFETY: a client ring carries only envelopes `Client` built
+                // with `Kinds::message`/`move_request` on this engine's registry.
+                unsafe { self.shard.deliver(env) };
             }
             work += chunk.iterated();
         }
@@ -444,7 +446,9 @@ impl ShardLoop {
         prefetch(&self.shard, &chunk);
         let mut chunk = chunk.into_iter();
         for env in chunk.by_ref() {
-            self.shard.deliver(env);
+            // SAFETY: a shard ring carries only what another shard of this
+            // engine (same registry) took from its outbox.
+            unsafe { self.shard.deliver(env) };
             if let Some(f) = self.shard.take_fences() {
                 fences = Some(f);
                 break;

@@ -203,9 +203,10 @@ impl<'a, E: Entity> Ctx<'a, E> {
         self.svc.pin((self.kind, self.key), false);
     }
 
-    /// Deactivates this entity once the handler returns: its state is dropped
-    /// and its next message activates it afresh. Its timers keep running;
-    /// cancel them first if they should not wake it.
+    /// Deactivates this entity once the handler returns: its state is dropped,
+    /// its timers are cancelled (their messages dropped), and its next message
+    /// activates it afresh. A durable entity is deleted (a tombstone is
+    /// logged).
     pub fn stop(&mut self) {
         self.stop = true;
     }

@@ -21,7 +21,10 @@ const PREFETCH_ENTITIES_MIN: usize = 1 << 15;
 /// A kind's table with its type erased, so a shard can hold one per kind.
 pub trait ErasedTable {
     /// Handles `env` (a `Tell`, `AskClient` or `AskEntity` for this kind).
-    fn deliver(&mut self, env: Envelope, svc: &mut Services);
+    /// When the entity is not live here and `activate` is false, hands the
+    /// envelope back untouched instead of activating it (it may live on
+    /// another shard).
+    fn deliver(&mut self, env: Envelope, svc: &mut Services, activate: bool) -> Option<Envelope>;
     /// Starts loading the index lines `deliver` will read first for entities
     /// `keys` (see [`Shard::prefetch`](crate::Shard::prefetch)).
     fn prefetch(&self, keys: &[u64]);
@@ -95,6 +98,10 @@ struct DurableSide<E> {
     /// Versions of deleted entities, so a new life starts above them.
     retired: KeyMap<u64>,
     scratch: Vec<u8>,
+    /// Encoding of the state before the running handler, when the entity
+    /// had changed earlier in the pass (`preimage_valid`).
+    preimage: Vec<u8>,
+    preimage_valid: bool,
 }
 
 /// A live entity in its table: its heat beside its state, so a delivery
@@ -124,6 +131,8 @@ impl<E: Entity> KindTable<E> {
                 meta: Vec::new(),
                 retired: KeyMap::default(),
                 scratch: Vec::new(),
+                preimage: Vec::new(),
+                preimage_valid: false,
             }),
         }
     }
@@ -159,6 +168,31 @@ impl<E: Entity> KindTable<E> {
         self.table.remove(slot).state
     }
 
+    /// Restarts the durable entity at `slot` after its handler panicked: back
+    /// to the state the last handler that returned left it in. That is its
+    /// pre-image if it changed earlier in this pass (it stays dirty, so the
+    /// pass logs it before the outputs those changes held go out), else its
+    /// last logged state. Returns whether it was removed (it had no state
+    /// to go back to).
+    fn restart_durable(&mut self, slot: Slot, svc: &mut Services) -> bool {
+        let key = self.table.key_at(slot);
+        let d = self.durable.as_mut().expect("durable kind");
+        if d.preimage_valid {
+            d.preimage_valid = false;
+            match (d.codec.decode)(key, &d.preimage) {
+                Ok(state) => {
+                    let old = std::mem::replace(&mut self.table.get_mut(slot).state, state);
+                    let _ = catch_unwind(AssertUnwindSafe(move || drop(old)));
+                    return false;
+                }
+                // The state does not decode its own encoding: its changes of
+                // this pass are lost, so nothing they emitted may go out.
+                Err(_) => svc.fail_pass_outputs_of((self.kind, key), AskError::Panicked),
+            }
+        }
+        self.rewind(slot)
+    }
+
     /// Puts the entity at `slot` back to its last logged state, or removes it
     /// when it has none. Returns whether it was removed.
     fn rewind(&mut self, slot: Slot) -> bool {
@@ -186,14 +220,19 @@ impl<E: Entity> KindTable<E> {
 }
 
 impl<E: Entity> ErasedTable for KindTable<E> {
-    fn deliver(&mut self, env: Envelope, svc: &mut Services) {
+    fn deliver(&mut self, env: Envelope, svc: &mut Services, activate: bool) -> Option<Envelope> {
         debug_assert_eq!(env.kind, self.kind);
         let (key, op, sender, token) = (env.key, env.op, env.sender, env.token);
+        let found = self.table.find_or_vacancy(key);
+        if found.is_err() && !activate {
+            return Some(env);
+        }
         // SAFETY: an envelope addressed to this kind with a message operation was
-        // made by `Envelope::new::<E::Msg>`: the client and `Ctx` look the kind id
-        // up from `E`'s type, and kind ids are the same on every shard.
+        // made by `Envelope::new::<E::Msg>`: the client (through `Kinds::message`)
+        // and `Ctx` look the kind id up from `E`'s type, and kind ids are the same
+        // on every shard (`Shard::deliver`'s contract).
         let msg = unsafe { env.take::<E::Msg>() };
-        let slot = match self.table.find_or_vacancy(key) {
+        let slot = match found {
             Ok(slot) => slot,
             Err(vacancy) => match catch_unwind(|| E::activate(key)) {
                 Ok(state) => {
@@ -206,7 +245,7 @@ impl<E: Entity> ErasedTable for KindTable<E> {
                 Err(_) => {
                     svc.counters.panics += 1;
                     svc.fail(op, sender, token, self.kind, key, AskError::Panicked);
-                    return;
+                    return None;
                 }
             },
         };
@@ -220,6 +259,16 @@ impl<E: Entity> ErasedTable for KindTable<E> {
         }
         cell.count += 1;
         let durable = self.durable.is_some();
+        if let Some(d) = &mut self.durable {
+            // Changed earlier in this pass and not yet logged: keep the state
+            // as the last handler left it, so a panic goes back to it and not
+            // past changes whose outputs the gate already holds.
+            d.preimage_valid = d.meta[slot].dirty;
+            if d.preimage_valid {
+                d.preimage.clear();
+                (d.codec.encode)(&live.state, &mut d.preimage);
+            }
+        }
         // Everything a durable handler emits waits for the log (the output gate).
         svc.gate = durable;
         svc.gate_from = (self.kind, key);
@@ -236,6 +285,7 @@ impl<E: Entity> ErasedTable for KindTable<E> {
                         d.retired.insert(key, version);
                         svc.tombstones.push((self.hash, key, version));
                     }
+                    svc.timers.cancel_owned_by(self.kind, key);
                     drop_state(self.remove(slot), svc);
                 } else if let Some(d) = &mut self.durable {
                     let meta = &mut d.meta[slot];
@@ -248,15 +298,17 @@ impl<E: Entity> ErasedTable for KindTable<E> {
             }
             Err(_) => {
                 svc.counters.panics += 1;
+                svc.timers.cancel_owned_by(self.kind, key);
                 if !durable {
                     drop_state(self.remove(slot), svc);
-                } else if self.rewind(slot) {
+                } else if self.restart_durable(slot, svc) {
                     svc.counters.deactivations += 1;
                 }
                 svc.fail(op, sender, token, self.kind, key, AskError::Panicked);
             }
         }
         svc.gate = false;
+        None
     }
 
     fn prefetch(&self, keys: &[u64]) {

@@ -5,15 +5,25 @@
 //! the hot path allocates nothing; larger ones are boxed and the box pointer
 //! travels. The receiving side knows the type from the envelope's kind (and
 //! operation), so it reads the value back with the same rule.
+//!
+//! An envelope also records how to drop its payload (a function made for the
+//! payload's type when the envelope was built; none for payloads without drop
+//! glue), so dropping an envelope that was never taken — a cancelled timer, a
+//! reply for a client that went away, a ring dropped at shutdown — drops what
+//! the message owns exactly once (contract point 9).
 
-use std::mem::{align_of, size_of, MaybeUninit};
+use std::mem::{align_of, needs_drop, size_of, ManuallyDrop, MaybeUninit};
 
 use crate::entity::KindId;
 use crate::error::AskError;
 
-/// Bytes of message payload stored inline in an envelope.
-pub const INLINE_BYTES: usize = 40;
+/// Bytes of message payload stored inline in an envelope: room for a
+/// `String` or `Vec` (24 bytes) or four words.
+pub const INLINE_BYTES: usize = 32;
 const INLINE_WORDS: usize = INLINE_BYTES / 8;
+
+/// Drops the payload stored at the pointer (inline value or box pointer).
+type DropFn = unsafe fn(*mut u64);
 
 /// What an envelope asks of its receiver.
 #[repr(u8)]
@@ -114,10 +124,8 @@ pub const CLIENT_BIT: SenderId = 1 << 31;
 
 /// One message in flight. Exactly one cache line.
 ///
-/// An envelope owns its payload but does not know its type, so dropping one
-/// without [`Envelope::take`] leaks a boxed payload (never undefined behaviour).
-/// The runtime consumes every envelope it accepts; leaks are confined to
-/// shutdown paths that discard undeliverable messages.
+/// An envelope owns its payload; dropping it without [`Envelope::take`] drops
+/// the payload through the drop function recorded when it was built.
 #[repr(C, align(64))]
 pub struct Envelope {
     /// The entity's key.
@@ -133,13 +141,19 @@ pub struct Envelope {
     /// 0 for a message or successful reply; otherwise an [`AskError`] code, and
     /// the envelope has no payload.
     pub status: u8,
+    /// Drops the payload if the envelope is dropped untaken; `None` when there
+    /// is no payload or it needs no drop. Invariant: `Some` only if the
+    /// payload holds a live value of the type the function was made for.
+    drop_payload: Option<DropFn>,
     payload: MaybeUninit<[u64; INLINE_WORDS]>,
 }
 
 const _: () = assert!(size_of::<Envelope>() == 64);
+const _: () = assert!(INLINE_BYTES >= size_of::<String>() && INLINE_WORDS * 8 == INLINE_BYTES);
 
 // SAFETY: an envelope's payload is only ever written by `Envelope::new::<M>` with
-// `M: Send`, so moving the envelope to another thread moves a `Send` value.
+// `M: Send`, so moving the envelope to another thread moves a `Send` value (and
+// its drop function runs on whichever thread drops it, as `M`'s drop would).
 unsafe impl Send for Envelope {}
 
 /// Whether values of `M` travel inside the envelope (true) or boxed (false).
@@ -148,22 +162,65 @@ pub const fn is_inline<M>() -> bool {
     size_of::<M>() <= INLINE_BYTES && align_of::<M>() <= 8
 }
 
+/// Drops an inline `M`.
+///
+/// # Safety
+///
+/// `payload` points at a live `M` written by `Envelope::new::<M>`, not taken.
+unsafe fn drop_inline<M>(payload: *mut u64) {
+    // SAFETY: as the function's contract.
+    unsafe { payload.cast::<M>().drop_in_place() }
+}
+
+/// Drops a boxed `M`.
+///
+/// # Safety
+///
+/// `payload` holds a `Box<M>` pointer written by `Envelope::new::<M>`, not taken.
+unsafe fn drop_boxed<M>(payload: *mut u64) {
+    // SAFETY: as the function's contract: the pointer came from `Box::into_raw`.
+    drop(unsafe { Box::from_raw(payload.cast::<*mut M>().read()) })
+}
+
 impl Envelope {
-    /// Wraps `msg` for entity `key` of `kind`.
+    /// Wraps `msg` for entity `key` of `kind`. Crate-private: a message
+    /// envelope is only built with its payload type tied to its kind (see
+    /// [`Kinds::message`](crate::Kinds::message)); otherwise a handler could
+    /// read it as another type.
     #[inline]
-    pub fn new<M: Send + 'static>(kind: KindId, key: u64, op: Op, msg: M) -> Self {
+    pub(crate) fn new<M: Send + 'static>(kind: KindId, key: u64, op: Op, msg: M) -> Self {
         let mut env = Self::empty(kind, key, op, 0);
         if is_inline::<M>() {
             // SAFETY: `M` fits in the payload (checked above) and the payload is
             // 8-aligned because the envelope is 64-aligned and the payload sits at
-            // offset 24; `M`'s alignment is at most 8.
+            // offset 32; `M`'s alignment is at most 8.
             unsafe { env.payload.as_mut_ptr().cast::<M>().write(msg) };
+            if needs_drop::<M>() {
+                env.drop_payload = Some(drop_inline::<M>);
+            }
         } else {
             let ptr = Box::into_raw(Box::new(msg));
             // SAFETY: a pointer is 8 bytes and the payload is 8-aligned.
             unsafe { env.payload.as_mut_ptr().cast::<*mut M>().write(ptr) };
+            env.drop_payload = Some(drop_boxed::<M>);
         }
         env
+    }
+
+    /// Wraps `msg` for entity `key` of `kind` with any operation, for tests
+    /// and tools that drive a [`Shard`](crate::Shard) by hand. Programs use
+    /// [`Kinds::message`](crate::Kinds::message), which ties the payload type
+    /// to the kind.
+    ///
+    /// # Safety
+    ///
+    /// The payload must be what the receiver reads for `op`: for a message
+    /// (`Tell`, `AskClient`, `AskEntity`) the `Msg` type of the entity type
+    /// registered as `kind`; for a reply its `Reply` type; for `Migrate` a
+    /// [`MoveRequest`](crate::MoveRequest); others are the engine's own.
+    #[inline]
+    pub unsafe fn new_unchecked<M: Send + 'static>(kind: KindId, key: u64, op: Op, msg: M) -> Self {
+        Self::new(kind, key, op, msg)
     }
 
     /// An envelope with no payload (errors, control messages).
@@ -176,6 +233,7 @@ impl Envelope {
             kind,
             op,
             status,
+            drop_payload: None,
             payload: MaybeUninit::uninit(),
         }
     }
@@ -241,7 +299,7 @@ impl Envelope {
     ///
     /// # Safety
     ///
-    /// The envelope must have been made by [`Envelope::new::<M>`] with this very
+    /// The envelope must have been made by `Envelope::new::<M>` with this very
     /// `M` (not [`Envelope::empty`] or [`Envelope::error`]).
     #[inline]
     pub unsafe fn take<M>(self) -> M {
@@ -250,12 +308,26 @@ impl Envelope {
             0,
             "taking the payload of an error envelope"
         );
+        // The payload moves out: the envelope's own drop must not run.
+        let this = ManuallyDrop::new(self);
         if is_inline::<M>() {
             // SAFETY: the caller guarantees `new::<M>` wrote an `M` inline here.
-            unsafe { self.payload.as_ptr().cast::<M>().read() }
+            unsafe { this.payload.as_ptr().cast::<M>().read() }
         } else {
             // SAFETY: the caller guarantees `new::<M>` stored a `Box<M>` pointer here.
-            unsafe { *Box::from_raw(self.payload.as_ptr().cast::<*mut M>().read()) }
+            unsafe { *Box::from_raw(this.payload.as_ptr().cast::<*mut M>().read()) }
+        }
+    }
+}
+
+impl Drop for Envelope {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(drop_payload) = self.drop_payload {
+            // SAFETY: the field's invariant: the payload holds a live value of
+            // the type `drop_payload` was made for, and `take` (the only way the
+            // value leaves) skips this drop.
+            unsafe { drop_payload(self.payload.as_mut_ptr().cast::<u64>()) }
         }
     }
 }
@@ -288,10 +360,10 @@ mod tests {
 
     #[test]
     fn large_and_owning_values_round_trip_boxed() {
-        assert!(!is_inline::<[u64; 6]>());
-        let env = Envelope::new(0, 0, Op::Tell, [9u64; 6]);
+        assert!(!is_inline::<[u64; 5]>());
+        let env = Envelope::new(0, 0, Op::Tell, [9u64; 5]);
         // SAFETY: made with this type just above.
-        assert_eq!(unsafe { env.take::<[u64; 6]>() }, [9; 6]);
+        assert_eq!(unsafe { env.take::<[u64; 5]>() }, [9; 5]);
         let env = Envelope::new(0, 0, Op::Tell, String::from("hello"));
         // SAFETY: made with this type just above.
         assert_eq!(unsafe { env.take::<String>() }, "hello");
@@ -314,5 +386,38 @@ mod tests {
         assert_eq!(env.error_status(), Some(AskError::Panicked));
         let ok = Envelope::new(1, 2, Op::ReplyClient, 5u8);
         assert_eq!(ok.error_status(), None);
+    }
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Drops of `Counted` values (only the test below makes them).
+    static DROPS: AtomicU32 = AtomicU32::new(0);
+
+    /// Counts its drops; `PAD` words decide whether it travels inline.
+    struct Counted<const PAD: usize>([u64; PAD]);
+
+    impl<const PAD: usize> Drop for Counted<PAD> {
+        fn drop(&mut self) {
+            DROPS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn untaken_payloads_drop_exactly_once() {
+        let drops = || DROPS.load(Ordering::Relaxed);
+        assert!(is_inline::<Counted<1>>());
+        assert!(!is_inline::<Counted<8>>());
+        drop(Envelope::new(0, 0, Op::Tell, Counted::<1>([0; 1])));
+        drop(Envelope::new(0, 0, Op::Tell, Counted::<8>([0; 8])));
+        assert_eq!(drops(), 2, "dropping an envelope drops its payload");
+        let taken = Envelope::new(0, 0, Op::Tell, Counted::<1>([0; 1]));
+        // SAFETY: made with this type just above.
+        let value = unsafe { taken.take::<Counted<1>>() };
+        assert_eq!(drops(), 2, "taking moves the payload out, nothing dropped");
+        drop(value);
+        assert_eq!(drops(), 3);
+        // An owning inline payload (a `String` fits) gives its heap back.
+        drop(Envelope::new(0, 0, Op::Tell, String::from("not leaked")));
+        drop(Envelope::empty(0, 0, Op::Tell, 0));
     }
 }

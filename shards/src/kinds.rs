@@ -7,6 +7,8 @@ use std::fmt;
 use crate::dispatch::{ErasedTable, KindTable};
 use crate::durable::Codec;
 use crate::entity::{home_shard, kind_hash, Entity, KindId};
+use crate::envelope::{Envelope, Op};
+use crate::migrate::MoveRequest;
 
 /// What the registry knows of one kind.
 pub struct KindInfo {
@@ -122,6 +124,39 @@ impl Kinds {
             .iter()
             .position(|k| k.type_id == wanted)
             .map(|i| i as KindId)
+    }
+
+    /// The envelope of message `msg` for entity `key` of kind `E`, with
+    /// operation `op` ([`Op::Tell`] or [`Op::AskClient`]); set its sender and
+    /// token with [`Envelope::with_route`]. The only way outside this crate to
+    /// build a message envelope: the kind id is looked up from `E`'s type, so
+    /// the payload is always read back as the type it is.
+    ///
+    /// # Errors
+    ///
+    /// Hands `msg` back when `E` is not registered here.
+    ///
+    /// # Panics
+    ///
+    /// If `op` is not `Tell` or `AskClient`.
+    #[inline]
+    pub fn message<E: Entity>(&self, key: u64, op: Op, msg: E::Msg) -> Result<Envelope, E::Msg> {
+        assert!(
+            matches!(op, Op::Tell | Op::AskClient),
+            "a client message is a Tell or an AskClient, not {op:?}"
+        );
+        match self.id_of::<E>() {
+            Some(kind) => Ok(Envelope::new(kind, key, op, msg)),
+            None => Err(msg),
+        }
+    }
+
+    /// The envelope of an explicit move of entity `key` of kind `E`
+    /// ([`Op::Migrate`]); `None` when `E` is not registered here.
+    #[inline]
+    pub fn move_request<E: Entity>(&self, key: u64, request: MoveRequest) -> Option<Envelope> {
+        let kind = self.id_of::<E>()?;
+        Some(Envelope::new(kind, key, Op::Migrate, request))
     }
 
     /// The kind registered as `id`.

@@ -375,7 +375,12 @@ impl PendingMove {
 /// Migration state of one shard.
 #[derive(Default)]
 pub(crate) struct Migration {
+    /// Changed only through [`Migration::set_place`] and
+    /// [`Migration::clear_place`], which keep `settling` true to it.
     pub(crate) places: PairMap<Place>,
+    /// How many `places` are [`Place::Settling`]. Settled places (an
+    /// entity away from its home, a guest) leave deliveries on the fast path.
+    settling: usize,
     pub(crate) moves: Vec<PendingMove>,
     /// Rings the runtime must drain before anything else (see `Op::Fence`).
     pub(crate) fences: Vec<usize>,
@@ -416,10 +421,34 @@ pub const BOUNCED_CAP: usize = 4096;
 
 impl Migration {
     /// Whether addressed envelopes with no status may go straight to their
-    /// entity: nothing moved here or away, no sender's stream is switching.
+    /// entity's table: nothing is settling here, no sender's stream is
+    /// switching. (An entity that is not in its table may still have moved
+    /// away: see [`Shard::dispatch`].)
     #[inline]
     pub(crate) fn quiet(&self) -> bool {
-        self.places.is_empty() && self.lanes.is_empty()
+        self.settling == 0 && self.lanes.is_empty()
+    }
+
+    /// Whether no entity of this shard moved anywhere: a table miss is a
+    /// first message, never an entity that lives elsewhere.
+    #[inline]
+    pub(crate) fn no_places(&self) -> bool {
+        self.places.is_empty()
+    }
+
+    /// Sets what this shard knows of `id`; returns what it knew before.
+    pub(crate) fn set_place(&mut self, id: EntityRef, place: Place) -> Option<Place> {
+        self.settling += usize::from(matches!(place, Place::Settling(_)));
+        let old = self.places.insert(id, place);
+        self.settling -= usize::from(matches!(old, Some(Place::Settling(_))));
+        old
+    }
+
+    /// Forgets what this shard knew of `id`.
+    pub(crate) fn clear_place(&mut self, id: &EntityRef) -> Option<Place> {
+        let old = self.places.remove(id);
+        self.settling -= usize::from(matches!(old, Some(Place::Settling(_))));
+        old
     }
 
     fn note_bounce(&mut self, id: EntityRef) {
@@ -489,7 +518,7 @@ impl Shard {
                     let mut s = Settling::waiting();
                     self.svc.counters.held += 1;
                     s.held.push_back(env);
-                    self.mig.places.insert(id, Place::Settling(Box::new(s)));
+                    self.mig.set_place(id, Place::Settling(Box::new(s)));
                 } else if env.status == DIRECT && !home {
                     // A sender's stale route: the entity is not here (only
                     // its home may activate it without a place). Its home
@@ -512,6 +541,15 @@ impl Shard {
     /// Hands an addressed envelope to the entity on this shard.
     #[inline]
     pub(crate) fn deliver_here(&mut self, env: Envelope) {
+        if let Some(env) = self.deliver_here_if(env, true) {
+            unreachable!("{env:?} was not delivered");
+        }
+    }
+
+    /// Hands an addressed envelope to the entity on this shard; when the
+    /// entity is not live here and `activate` is false, hands it back.
+    #[inline]
+    pub(crate) fn deliver_here_if(&mut self, env: Envelope, activate: bool) -> Option<Envelope> {
         debug_assert!(env.status == 0 && !matches!(env.op, Op::Switch | Op::Rejoin));
         if env.op == Op::Migrate {
             // SAFETY: `Op::Migrate` envelopes are made with a `MoveRequest`,
@@ -524,11 +562,11 @@ impl Shard {
                 target: req.target as usize,
                 reply,
             });
-            return;
+            return None;
         }
         let kind = env.kind as usize;
         debug_assert!(kind < self.tables.len(), "envelope of unknown kind");
-        self.tables[kind].deliver(env, &mut self.svc);
+        self.tables[kind].deliver(env, &mut self.svc, activate)
     }
 
     pub(crate) fn is_home(&self, (kind, key): EntityRef) -> bool {
@@ -546,7 +584,7 @@ impl Shard {
                 // SAFETY: `Op::Moved` envelopes carry the new owner as a `u32`.
                 let to = unsafe { env.read::<u32>() } as usize;
                 let old = env.sender as usize;
-                self.mig.places.insert((env.kind, env.key), Place::Away(to));
+                self.mig.set_place((env.kind, env.key), Place::Away(to));
                 let marker = Envelope::empty(env.kind, env.key, Op::Marker, 0)
                     .with_route(self.index() as SenderId, 0);
                 self.svc.to_shards[old].push(marker);
@@ -618,7 +656,7 @@ impl Shard {
         self.mig.arrived_in.insert(id, self.svc.window);
         let home = self.is_home(id);
         let rejoin = !home && self.mig.take_bounced(id);
-        let earlier = self.mig.places.remove(&id);
+        let earlier = self.mig.clear_place(&id);
         if !m.settle && !rejoin {
             debug_assert!(
                 earlier.is_none(),
@@ -627,7 +665,7 @@ impl Shard {
                 earlier.as_ref().map(Place::name),
                 m.origin
             );
-            self.mig.places.insert(id, Place::Guest);
+            self.mig.set_place(id, Place::Guest);
             self.settled(m.left_ns, m.reply, kind, key);
             return;
         }
@@ -640,7 +678,7 @@ impl Shard {
         s.due = u8::from(m.settle) + u8::from(rejoin);
         s.left_ns = m.left_ns;
         s.reply = m.reply;
-        self.mig.places.insert(id, Place::Settling(s));
+        self.mig.set_place(id, Place::Settling(s));
         if rejoin {
             // Behind what this shard sent home for it while it was away.
             let marker =
@@ -665,7 +703,7 @@ impl Shard {
                 // route still names this shard are sent to the home).
                 let to = *to;
                 debug_assert!(!self.is_home(id));
-                self.mig.places.remove(&id);
+                self.mig.clear_place(&id);
                 self.svc.to_shards[to].push(env);
             }
             Some(Place::Settling(s)) => {
@@ -687,11 +725,11 @@ impl Shard {
 
     /// Every marker came: the entity is settled here; what was held goes on.
     fn settle(&mut self, id: EntityRef) {
-        let Some(Place::Settling(s)) = self.mig.places.remove(&id) else {
+        let Some(Place::Settling(s)) = self.mig.clear_place(&id) else {
             unreachable!("settling");
         };
         if !self.is_home(id) {
-            self.mig.places.insert(id, Place::Guest);
+            self.mig.set_place(id, Place::Guest);
         }
         let Settling {
             held,
@@ -830,7 +868,7 @@ impl Shard {
             reply,
         };
         self.mig.arrived_in.remove(&id);
-        self.mig.places.insert(id, Place::Away(target));
+        self.mig.set_place(id, Place::Away(target));
         let transfer =
             Envelope::new(kind, key, Op::Transfer, migrant).with_route(me as SenderId, 0);
         self.svc.to_shards[target].push(transfer);

@@ -383,8 +383,6 @@ impl Services {
     }
 
     fn fail_held(&mut self, route: Route, env: Envelope, err: AskError) {
-        // The held envelope's payload type is not known here: a boxed payload
-        // leaks (inline ones need no drop). This is the failure path only.
         match env.op {
             Op::ReplyClient | Op::ReplyEntity => {
                 let e = Envelope::error(env.kind, env.key, env.op, err)
@@ -403,10 +401,23 @@ impl Services {
                 }
             }
             _ => {
-                // Tells (and asks from clients, never held) are dropped (a boxed payload leaks, as above).
-                let _ = env;
+                // Tells are dropped, their payloads with them (asks from
+                // clients are never held).
+                drop(env);
                 self.counters.gated_dropped += 1;
             }
+        }
+    }
+
+    /// Fails what entity `from` emitted behind the gate in this pass: its
+    /// change is lost (see `KindTable::restart_durable`).
+    pub(crate) fn fail_pass_outputs_of(&mut self, from: EntityRef, err: AskError) {
+        let (mine, others): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.from == from);
+        self.held = others;
+        for Held { route, env, .. } in mine {
+            self.fail_held(route, env, err);
         }
     }
 
@@ -515,15 +526,36 @@ impl Shard {
         &self.svc.kinds
     }
 
-    /// Handles one envelope that arrived from a ring (or the local queue).
+    /// Handles one envelope that arrived from a ring.
+    ///
+    /// # Safety
+    ///
+    /// `env` must come from this crate's typed constructors for the registry
+    /// this shard was built with ([`Kinds::message`], [`Kinds::move_request`]),
+    /// or from an outbox of a shard built with the same registry. A handler
+    /// reads a message's payload as its kind's `Msg` type: an envelope whose
+    /// kind id names another type than its payload's would be read as the
+    /// wrong type.
     #[inline]
-    pub fn deliver(&mut self, env: Envelope) {
+    pub unsafe fn deliver(&mut self, env: Envelope) {
+        self.dispatch(env);
+    }
+
+    /// Handles one envelope this shard's own services made or took from a
+    /// ring (see [`Shard::deliver`] for why that matters).
+    #[inline]
+    pub(crate) fn dispatch(&mut self, env: Envelope) {
         match env.op {
             Op::Tell | Op::AskClient | Op::AskEntity | Op::Migrate => {
-                // NB: one test for the common case (nothing ever moved to or
-                // from this shard); see the `tell_cross_core` bench.
+                // NB: one test for the common case (nothing settling here);
+                // see the `tell_cross_core` bench. An entity that moved away
+                // is not in its table: a miss, where entities have moved, is
+                // checked against the places before it activates anything,
+                // so settled moves cost the deliveries that hit nothing.
                 if env.status == 0 && self.mig.quiet() {
-                    self.deliver_here(env);
+                    if let Some(env) = self.deliver_here_if(env, self.mig.no_places()) {
+                        self.route_addressed(env);
+                    }
                 } else {
                     self.route_addressed(env);
                 }
@@ -609,7 +641,7 @@ impl Shard {
             let Some(env) = self.svc.local.pop_front() else {
                 break;
             };
-            self.deliver(env);
+            self.dispatch(env);
             n += 1;
         }
         n

@@ -5,16 +5,24 @@
 //! the entry at once; its heap node is skipped lazily when it comes up (the
 //! generation in the node no longer matches).
 //!
-//! Timers belong to their entity: when it migrates, [`Timers::take_owned_by`]
-//! lifts its timers out and the new shard [`Timers::adopt`]s them under the
-//! same ids, so a [`TimerId`] the entity kept still cancels its timer.
+//! Timers belong to their entity: each entity's live timers form a list
+//! threaded through their entries, found from the entity in one lookup. When
+//! the entity migrates, [`Timers::take_owned_by`] lifts its timers out and the
+//! new shard [`Timers::adopt`]s them under the same ids, so a [`TimerId`] the
+//! entity kept still cancels its timer; when it stops, panics or is deleted,
+//! [`Timers::cancel_owned_by`] drops them (their messages with them), so no
+//! timer outlives its entity's life.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::BuildHasherDefault;
 
 use crate::entity::KindId;
 use crate::envelope::Envelope;
-use crate::table::KeyMap;
+use crate::table::{KeyHasher, KeyMap};
+
+/// No entry (the end of an owner's list).
+const NIL: u32 = u32::MAX;
 
 /// Names a timer so it can be cancelled. Unique in the engine (the shard that
 /// made it is in the top bits), so it stays valid when its entity moves to
@@ -41,6 +49,9 @@ struct Entry {
     kind: KindId,
     key: u64,
     payload: Payload,
+    /// Neighbours in the owner's list of live timers (`NIL` at the ends).
+    prev: u32,
+    next: u32,
 }
 
 /// A timer lifted out of one shard to follow its entity to another.
@@ -63,6 +74,9 @@ pub struct Timers {
     free: Vec<u32>,
     /// Timer id → slot.
     index: KeyMap<u32>,
+    /// Owner (kind, key) → the first slot of its list of live timers.
+    /// Invariant: an owner is here exactly while it has a live timer.
+    owners: HashMap<(KindId, u64), u32, BuildHasherDefault<KeyHasher>>,
     /// The next id's low bits; the shard index sits above bit 48.
     next_id: u64,
     id_base: u64,
@@ -140,6 +154,10 @@ impl Timers {
             }
         };
         let generation = self.generations[slot as usize];
+        let next = self.owners.insert((kind, key), slot).unwrap_or(NIL);
+        if next != NIL {
+            self.entry_mut(next).prev = slot;
+        }
         self.entries[slot as usize] = Some(Entry {
             id,
             generation,
@@ -147,6 +165,8 @@ impl Timers {
             kind,
             key,
             payload,
+            prev: NIL,
+            next,
         });
         self.index.insert(id, slot);
         self.sequence += 1;
@@ -156,21 +176,45 @@ impl Timers {
         TimerId(id)
     }
 
-    /// Cancels a timer. Returns whether it was live.
+    /// Cancels a timer; its message is dropped. Returns whether it was live.
     pub fn cancel(&mut self, id: TimerId) -> bool {
         match self.index.get(&id.0) {
             Some(&slot) => {
-                // Dropping the pending envelope leaks a boxed payload at worst
-                // (its type is not known here); inline payloads need no drop.
-                self.release(slot);
+                drop(self.release(slot));
                 true
             }
             None => false,
         }
     }
 
+    /// Cancels every live timer of entity `key` of `kind` (it stopped,
+    /// panicked or was deleted), dropping their messages. Returns how many.
+    pub fn cancel_owned_by(&mut self, kind: KindId, key: u64) -> usize {
+        let mut n = 0;
+        while let Some(&slot) = self.owners.get(&(kind, key)) {
+            drop(self.release(slot));
+            n += 1;
+        }
+        n
+    }
+
+    fn entry_mut(&mut self, slot: u32) -> &mut Entry {
+        self.entries[slot as usize].as_mut().expect("live entry")
+    }
+
     fn release(&mut self, slot: u32) -> Entry {
         let entry = self.entries[slot as usize].take().expect("live entry");
+        // Unlink it from its owner's list.
+        if entry.next != NIL {
+            self.entry_mut(entry.next).prev = entry.prev;
+        }
+        if entry.prev != NIL {
+            self.entry_mut(entry.prev).next = entry.next;
+        } else if entry.next != NIL {
+            self.owners.insert((entry.kind, entry.key), entry.next);
+        } else {
+            self.owners.remove(&(entry.kind, entry.key));
+        }
         self.index.remove(&entry.id);
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
         self.free.push(slot);
@@ -179,26 +223,22 @@ impl Timers {
     }
 
     /// Lifts out every timer of entity `key` of `kind` (it is moving to
-    /// another shard). A scan of this shard's live timers: migrations are rare
-    /// next to timer operations, which stay free of any per-entity index.
+    /// another shard), in creation order.
     pub fn take_owned_by(&mut self, kind: KindId, key: u64) -> Vec<MovedTimer> {
         let mut moved = Vec::new();
-        if self.live == 0 {
-            return moved;
+        while let Some(&slot) = self.owners.get(&(kind, key)) {
+            let e = self.release(slot);
+            moved.push(MovedTimer {
+                id: e.id,
+                deadline_ns: e.deadline_ns,
+                kind: e.kind,
+                key: e.key,
+                payload: e.payload,
+            });
         }
-        for slot in 0..self.entries.len() {
-            let mine = matches!(&self.entries[slot], Some(e) if e.kind == kind && e.key == key);
-            if mine {
-                let e = self.release(slot as u32);
-                moved.push(MovedTimer {
-                    id: e.id,
-                    deadline_ns: e.deadline_ns,
-                    kind: e.kind,
-                    key: e.key,
-                    payload: e.payload,
-                });
-            }
-        }
+        // The list runs newest first; adopting in creation order keeps ties
+        // firing in creation order on the new shard.
+        moved.reverse();
         moved
     }
 
@@ -351,5 +391,25 @@ mod tests {
         }
         assert_eq!(t.fire_due(1, 4, |_| {}), 4);
         assert_eq!(t.len(), 6);
+    }
+
+    #[test]
+    fn cancel_owned_by_drops_exactly_one_entitys_timers() {
+        let mut t = Timers::new();
+        let a1 = t.once(10, env(1));
+        let b = t.once(10, Envelope::new(0, 2, Op::Tell, 2u64));
+        let a2 = t.every(5, 5, 0, 1, Box::new(|| env(1)));
+        let a3 = t.once(7, env(1));
+        assert!(t.cancel(a3), "unlinking from the middle of a list");
+        assert_eq!(t.cancel_owned_by(0, 1), 2);
+        assert_eq!(t.cancel_owned_by(0, 1), 0);
+        assert!(
+            !t.cancel(a1) && !t.cancel(a2),
+            "cancelled with their entity"
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(fire_keys(&mut t, 100), vec![2]);
+        assert!(!t.cancel(b));
+        assert_eq!(t.cancel_owned_by(0, 2), 0, "a fired one-shot left its list");
     }
 }

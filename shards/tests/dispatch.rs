@@ -8,6 +8,20 @@ use std::time::Duration;
 use percore_shards::envelope::CLIENT_BIT;
 use percore_shards::{AskError, Ctx, Entity, Envelope, Kinds, Op, SendError, Shard, ShardSpec};
 
+/// Builds an envelope by hand.
+fn raw<M: Send + 'static>(kind: u16, key: u64, op: Op, msg: M) -> Envelope {
+    // SAFETY: every call in this file pairs a kind with its own message,
+    // reply or move-request type.
+    unsafe { Envelope::new_unchecked(kind, key, op, msg) }
+}
+
+/// Hands `env` to `shard`.
+fn deliver(shard: &mut Shard, env: Envelope) {
+    // SAFETY: as `raw`: every envelope here is typed by its kind, and every
+    // shard of a test shares one registry.
+    unsafe { shard.deliver(env) }
+}
+
 /// Counts what it is sent; panics on `Boom`; stops on `Stop`; asks a peer on
 /// `AskPeer` and records the answer.
 #[derive(Default)]
@@ -104,7 +118,7 @@ fn settle(shards: &mut [Shard]) {
                 };
                 moved += out.len();
                 for env in out {
-                    shards[j].deliver(env);
+                    deliver(&mut shards[j], env);
                 }
             }
         }
@@ -122,11 +136,11 @@ fn key_on(shard: usize, count: usize, skip: u64) -> u64 {
 }
 
 fn tell(key: u64, msg: AccMsg) -> Envelope {
-    Envelope::new(0, key, Op::Tell, msg)
+    raw(0, key, Op::Tell, msg)
 }
 
 fn ask_from_client(key: u64, msg: AccMsg, token: u64) -> Envelope {
-    Envelope::new(0, key, Op::AskClient, msg).with_route(CLIENT_BIT, token)
+    raw(0, key, Op::AskClient, msg).with_route(CLIENT_BIT, token)
 }
 
 type Replies = Vec<(u64, Result<(u64, usize), AskError>)>;
@@ -150,9 +164,9 @@ fn client_replies(shard: &mut Shard) -> Replies {
 #[test]
 fn first_message_activates_and_state_persists() {
     let mut s = shards(1, 16);
-    s[0].deliver(tell(5, AccMsg::Add(2)));
-    s[0].deliver(tell(5, AccMsg::Add(3)));
-    s[0].deliver(ask_from_client(5, AccMsg::Get, 77));
+    deliver(&mut s[0], tell(5, AccMsg::Add(2)));
+    deliver(&mut s[0], tell(5, AccMsg::Add(3)));
+    deliver(&mut s[0], ask_from_client(5, AccMsg::Get, 77));
     assert_eq!(client_replies(&mut s[0]), vec![(77, Ok((5, 0)))]);
     assert_eq!(s[0].counters().activations, 1);
     assert_eq!(s[0].counters().handled, 3);
@@ -162,11 +176,11 @@ fn first_message_activates_and_state_persists() {
 #[test]
 fn panic_fails_the_ask_and_the_entity_restarts_fresh() {
     let mut s = shards(1, 16);
-    s[0].deliver(tell(1, AccMsg::Add(10)));
-    s[0].deliver(tell(2, AccMsg::Add(20)));
-    s[0].deliver(ask_from_client(1, AccMsg::Boom, 1));
-    s[0].deliver(ask_from_client(1, AccMsg::Get, 2));
-    s[0].deliver(ask_from_client(2, AccMsg::Get, 3));
+    deliver(&mut s[0], tell(1, AccMsg::Add(10)));
+    deliver(&mut s[0], tell(2, AccMsg::Add(20)));
+    deliver(&mut s[0], ask_from_client(1, AccMsg::Boom, 1));
+    deliver(&mut s[0], ask_from_client(1, AccMsg::Get, 2));
+    deliver(&mut s[0], ask_from_client(2, AccMsg::Get, 3));
     assert_eq!(
         client_replies(&mut s[0]),
         vec![
@@ -182,10 +196,10 @@ fn panic_fails_the_ask_and_the_entity_restarts_fresh() {
 #[test]
 fn stop_deactivates_after_the_reply() {
     let mut s = shards(1, 16);
-    s[0].deliver(tell(9, AccMsg::Add(4)));
-    s[0].deliver(ask_from_client(9, AccMsg::Stop, 1));
+    deliver(&mut s[0], tell(9, AccMsg::Add(4)));
+    deliver(&mut s[0], ask_from_client(9, AccMsg::Stop, 1));
     assert_eq!(s[0].entity_count(), 0);
-    s[0].deliver(ask_from_client(9, AccMsg::Get, 2));
+    deliver(&mut s[0], ask_from_client(9, AccMsg::Get, 2));
     assert_eq!(
         client_replies(&mut s[0]),
         vec![(1, Ok((4, 0))), (2, Ok((0, 0)))]
@@ -198,37 +212,46 @@ fn continuation_brings_the_reply_back_across_shards() {
     let mut s = shards(2, 16);
     let asker = key_on(0, 2, 0);
     let peer = key_on(1, 2, 0);
-    s[1].deliver(tell(peer, AccMsg::Add(42)));
-    s[0].deliver(tell(asker, AccMsg::AskPeer { peer, boom: false }));
+    deliver(&mut s[1], tell(peer, AccMsg::Add(42)));
+    deliver(
+        &mut s[0],
+        tell(asker, AccMsg::AskPeer { peer, boom: false }),
+    );
     assert_eq!(s[0].pending_asks(), 1);
     settle(&mut s);
     assert_eq!(s[0].pending_asks(), 0);
-    s[0].deliver(ask_from_client(asker, AccMsg::Get, 1));
+    deliver(&mut s[0], ask_from_client(asker, AccMsg::Get, 1));
     assert_eq!(client_replies(&mut s[0]), vec![(1, Ok((42, 1)))]);
 }
 
 #[test]
 fn continuation_on_the_same_shard_and_after_a_panic() {
     let mut s = shards(1, 16);
-    s[0].deliver(tell(2, AccMsg::Add(7)));
-    s[0].deliver(tell(
-        1,
-        AccMsg::AskPeer {
-            peer: 2,
-            boom: false,
-        },
-    ));
-    s[0].deliver(tell(
-        1,
-        AccMsg::AskPeer {
-            peer: 2,
-            boom: true,
-        },
-    ));
+    deliver(&mut s[0], tell(2, AccMsg::Add(7)));
+    deliver(
+        &mut s[0],
+        tell(
+            1,
+            AccMsg::AskPeer {
+                peer: 2,
+                boom: false,
+            },
+        ),
+    );
+    deliver(
+        &mut s[0],
+        tell(
+            1,
+            AccMsg::AskPeer {
+                peer: 2,
+                boom: true,
+            },
+        ),
+    );
     settle(&mut s);
     assert_eq!(s[0].pending_asks(), 0);
     // The asker got both answers, in order: the value, then the panic.
-    s[0].deliver(ask_from_client(1, AccMsg::Get, 9));
+    deliver(&mut s[0], ask_from_client(1, AccMsg::Get, 9));
     assert_eq!(client_replies(&mut s[0]), vec![(9, Ok((7 * 100 + 99, 2)))]);
     assert_eq!(s[0].counters().panics, 1);
 }
@@ -238,13 +261,16 @@ fn overflow_cap_refuses_and_hands_the_message_back() {
     let mut s = shards(2, 4);
     let sprayer = key_on(0, 2, 0);
     let target = key_on(1, 2, 0);
-    s[0].deliver(tell(sprayer, AccMsg::Spray { to: target, n: 10 }));
+    deliver(
+        &mut s[0],
+        tell(sprayer, AccMsg::Spray { to: target, n: 10 }),
+    );
     // Four wait in the outbox to shard 1; six were refused.
     assert_eq!(s[0].outbox_to_shard(1).len(), 4);
-    s[0].deliver(ask_from_client(sprayer, AccMsg::Get, 1));
+    deliver(&mut s[0], ask_from_client(sprayer, AccMsg::Get, 1));
     assert_eq!(client_replies(&mut s[0]), vec![(1, Ok((0, 6)))]);
     settle(&mut s);
-    s[1].deliver(ask_from_client(target, AccMsg::Get, 2));
+    deliver(&mut s[1], ask_from_client(target, AccMsg::Get, 2));
     // 0 + 1 + 2 + 3: the first four, in order.
     assert_eq!(client_replies(&mut s[1]), vec![(2, Ok((6, 0)))]);
 }
@@ -300,18 +326,21 @@ fn timers_fire_on_the_shard_clock() {
         overflow_cap: 8,
     };
     let mut s = Shard::new(spec, Arc::new(k));
-    s.deliver(Envelope::new(0, 1, Op::Tell, A::Arm));
+    deliver(&mut s, raw(0, 1, Op::Tell, A::Arm));
     assert_eq!(s.next_deadline_ns(), Some(100));
     for now in [150, 350, 1000, 2000, 2500] {
         s.set_now(now);
         s.fire_timers(usize::MAX);
         s.run_local(usize::MAX);
     }
-    s.deliver(Envelope::new(0, 1, Op::Tell, A::Cancel));
+    deliver(&mut s, raw(0, 1, Op::Tell, A::Cancel));
     s.set_now(10_000);
     s.fire_timers(usize::MAX);
     s.run_local(usize::MAX);
-    s.deliver(Envelope::new(0, 1, Op::AskClient, A::Get).with_route(CLIENT_BIT, 5));
+    deliver(
+        &mut s,
+        raw(0, 1, Op::AskClient, A::Get).with_route(CLIENT_BIT, 5),
+    );
     let out = s.outbox_to_client(0);
     let env = out.drain(1).next().unwrap();
     // SAFETY: replies of `Alarm` are `Vec<u64>`.

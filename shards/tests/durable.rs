@@ -13,6 +13,20 @@ use percore_shards::{
     AskError, Codec, Ctx, Entity, Envelope, Kinds, LogRefusal, LogSink, Op, Shard, ShardSpec,
 };
 
+/// Builds an envelope by hand.
+fn raw<M: Send + 'static>(kind: u16, key: u64, op: Op, msg: M) -> Envelope {
+    // SAFETY: every call in this file pairs a kind with its own message,
+    // reply or move-request type.
+    unsafe { Envelope::new_unchecked(kind, key, op, msg) }
+}
+
+/// Hands `env` to `shard`.
+fn deliver(shard: &mut Shard, env: Envelope) {
+    // SAFETY: as `raw`: every envelope here is typed by its kind, and every
+    // shard of a test shares one registry.
+    unsafe { shard.deliver(env) }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 struct Account {
@@ -111,11 +125,11 @@ fn shard(count: usize, index: usize) -> Shard {
 }
 
 fn ask(key: u64, msg: Msg, token: u64) -> Envelope {
-    Envelope::new(0, key, Op::AskClient, msg).with_route(CLIENT_BIT, token)
+    raw(0, key, Op::AskClient, msg).with_route(CLIENT_BIT, token)
 }
 
 fn tell(key: u64, msg: Msg) -> Envelope {
-    Envelope::new(0, key, Op::Tell, msg)
+    raw(0, key, Op::Tell, msg)
 }
 
 fn replies(s: &mut Shard) -> Vec<(u64, Result<u64, AskError>)> {
@@ -143,7 +157,7 @@ fn make_durable(s: &mut Shard, log: &mut TestLog) {
 fn reply_is_released_only_once_its_record_is_durable() {
     let mut s = shard(1, 0);
     let mut log = TestLog::default();
-    s.deliver(ask(1, Msg::Add(5), 10));
+    deliver(&mut s, ask(1, Msg::Add(5), 10));
     assert!(replies(&mut s).is_empty(), "held before the pass ends");
     s.commit(&mut log);
     assert_eq!(log.records, vec![(1, 1, Some(5))]);
@@ -163,9 +177,9 @@ fn changes_within_a_pass_coalesce_into_one_record() {
     let mut s = shard(1, 0);
     let mut log = TestLog::default();
     for _ in 0..10 {
-        s.deliver(tell(1, Msg::Add(1)));
+        deliver(&mut s, tell(1, Msg::Add(1)));
     }
-    s.deliver(ask(1, Msg::Get, 1));
+    deliver(&mut s, ask(1, Msg::Get, 1));
     s.commit(&mut log);
     assert_eq!(
         log.records,
@@ -180,11 +194,11 @@ fn changes_within_a_pass_coalesce_into_one_record() {
 fn unchanged_state_is_not_logged_but_waits_for_earlier_records() {
     let mut s = shard(1, 0);
     let mut log = TestLog::default();
-    s.deliver(tell(1, Msg::Add(3)));
+    deliver(&mut s, tell(1, Msg::Add(3)));
     s.commit(&mut log);
     assert_eq!(log.records.len(), 1);
     // Next pass: a read of the new, not yet durable, state.
-    s.deliver(ask(1, Msg::Get, 7));
+    deliver(&mut s, ask(1, Msg::Get, 7));
     s.commit(&mut log);
     assert_eq!(log.records.len(), 1, "nothing changed, nothing logged");
     assert!(
@@ -194,7 +208,7 @@ fn unchanged_state_is_not_logged_but_waits_for_earlier_records() {
     make_durable(&mut s, &mut log);
     assert_eq!(replies(&mut s), vec![(7, Ok(3))]);
     // With nothing in flight, a read goes out at the end of its pass.
-    s.deliver(ask(1, Msg::Get, 8));
+    deliver(&mut s, ask(1, Msg::Get, 8));
     s.commit(&mut log);
     assert_eq!(replies(&mut s), vec![(8, Ok(3))]);
 }
@@ -203,17 +217,17 @@ fn unchanged_state_is_not_logged_but_waits_for_earlier_records() {
 fn failed_record_restores_the_last_durable_state_and_fails_the_reply() {
     let mut s = shard(1, 0);
     let mut log = TestLog::default();
-    s.deliver(tell(1, Msg::Add(5)));
+    deliver(&mut s, tell(1, Msg::Add(5)));
     s.commit(&mut log);
     make_durable(&mut s, &mut log);
-    s.deliver(ask(1, Msg::Add(7), 2));
+    deliver(&mut s, ask(1, Msg::Add(7), 2));
     s.commit(&mut log);
     assert_eq!(log.records.last(), Some(&(1, 2, Some(12))));
     // The disk filled up: record 1 failed.
     s.failed(1..2, AskError::StorageFull);
     log.resolved = 2;
     assert_eq!(replies(&mut s), vec![(2, Err(AskError::StorageFull))]);
-    s.deliver(ask(1, Msg::Get, 3));
+    deliver(&mut s, ask(1, Msg::Get, 3));
     s.commit(&mut log);
     assert_eq!(
         replies(&mut s),
@@ -221,7 +235,7 @@ fn failed_record_restores_the_last_durable_state_and_fails_the_reply() {
         "back at the durable state"
     );
     // A later change uses a fresh version: 2 was burnt.
-    s.deliver(tell(1, Msg::Add(1)));
+    deliver(&mut s, tell(1, Msg::Add(1)));
     s.commit(&mut log);
     assert_eq!(log.records.last(), Some(&(1, 3, Some(6))));
 }
@@ -230,15 +244,15 @@ fn failed_record_restores_the_last_durable_state_and_fails_the_reply() {
 fn refused_append_fails_the_pass_outputs_and_restores_the_entity() {
     let mut s = shard(1, 0);
     let mut log = TestLog::default();
-    s.deliver(tell(1, Msg::Add(5)));
+    deliver(&mut s, tell(1, Msg::Add(5)));
     s.commit(&mut log);
     make_durable(&mut s, &mut log);
     log.refuse = Some(LogRefusal::Failed { retryable: false });
-    s.deliver(ask(1, Msg::Add(1), 4));
+    deliver(&mut s, ask(1, Msg::Add(1), 4));
     s.commit(&mut log);
     assert_eq!(replies(&mut s), vec![(4, Err(AskError::StorageFailed))]);
     log.refuse = None;
-    s.deliver(ask(1, Msg::Get, 5));
+    deliver(&mut s, ask(1, Msg::Get, 5));
     s.commit(&mut log);
     assert_eq!(replies(&mut s), vec![(5, Ok(5))]);
 }
@@ -247,10 +261,10 @@ fn refused_append_fails_the_pass_outputs_and_restores_the_entity() {
 fn panic_puts_a_durable_entity_back_at_its_last_logged_state() {
     let mut s = shard(1, 0);
     let mut log = TestLog::default();
-    s.deliver(tell(1, Msg::Add(5)));
+    deliver(&mut s, tell(1, Msg::Add(5)));
     s.commit(&mut log); // logged, not yet durable
-    s.deliver(ask(1, Msg::Boom, 1));
-    s.deliver(ask(1, Msg::Get, 2));
+    deliver(&mut s, ask(1, Msg::Boom, 1));
+    deliver(&mut s, ask(1, Msg::Get, 2));
     s.commit(&mut log);
     make_durable(&mut s, &mut log);
     assert_eq!(
@@ -264,13 +278,13 @@ fn panic_puts_a_durable_entity_back_at_its_last_logged_state() {
 fn stop_logs_a_tombstone_and_the_next_life_logs_higher_versions() {
     let mut s = shard(1, 0);
     let mut log = TestLog::default();
-    s.deliver(tell(1, Msg::Add(5)));
+    deliver(&mut s, tell(1, Msg::Add(5)));
     s.commit(&mut log);
-    s.deliver(tell(1, Msg::Close));
+    deliver(&mut s, tell(1, Msg::Close));
     s.commit(&mut log);
     assert_eq!(log.records, vec![(1, 1, Some(5)), (1, 2, None)]);
     assert_eq!(s.entity_count(), 0);
-    s.deliver(tell(1, Msg::Add(1)));
+    deliver(&mut s, tell(1, Msg::Add(1)));
     s.commit(&mut log);
     assert_eq!(
         log.records.last(),
@@ -291,8 +305,8 @@ fn tells_to_other_shards_and_local_entities_are_gated_too() {
         .unwrap();
     // A fresh entity's first state is a change: it is logged, and what it
     // emits waits for that record.
-    s.deliver(tell(sender, Msg::Notify { to: remote }));
-    s.deliver(tell(sender, Msg::Notify { to: local }));
+    deliver(&mut s, tell(sender, Msg::Notify { to: remote }));
+    deliver(&mut s, tell(sender, Msg::Notify { to: local }));
     assert!(s.outbox_to_shard(1).is_empty());
     assert_eq!(s.local_len(), 0);
     s.commit(&mut log);
@@ -306,8 +320,8 @@ fn tells_to_other_shards_and_local_entities_are_gated_too() {
     assert_eq!(s.outbox_to_shard(1).len(), 1);
     assert_eq!(s.local_len(), 1);
     // Now with a record in flight the same tells wait.
-    s.deliver(tell(sender, Msg::Add(1)));
-    s.deliver(tell(sender, Msg::Notify { to: remote }));
+    deliver(&mut s, tell(sender, Msg::Add(1)));
+    deliver(&mut s, tell(sender, Msg::Notify { to: remote }));
     s.commit(&mut log);
     assert_eq!(s.outbox_to_shard(1).len(), 1, "the new tell is held");
     make_durable(&mut s, &mut log);
@@ -338,7 +352,7 @@ fn restored_entities_come_back_and_run_their_hook() {
     s.run_recovered_hooks();
     assert_eq!(RECOVERED.load(Ordering::Relaxed) - before, 1);
     let mut log = TestLog::default();
-    s.deliver(ask(9, Msg::Add(1), 1));
+    deliver(&mut s, ask(9, Msg::Add(1), 1));
     s.commit(&mut log);
     assert_eq!(
         log.records,

@@ -18,6 +18,20 @@ use percore_shards::{
     Ctx, Entity, Envelope, Kinds, MoveOutcome, MoveRequest, Op, RebalancePolicy, Shard, ShardSpec,
 };
 
+/// Builds an envelope by hand.
+fn raw<M: Send + 'static>(kind: u16, key: u64, op: Op, msg: M) -> Envelope {
+    // SAFETY: every call in this file pairs a kind with its own message,
+    // reply or move-request type.
+    unsafe { Envelope::new_unchecked(kind, key, op, msg) }
+}
+
+/// Hands `env` to `shard`.
+fn deliver(shard: &mut Shard, env: Envelope) {
+    // SAFETY: as `raw`: every envelope here is typed by its kind, and every
+    // shard of a test shares one registry.
+    unsafe { shard.deliver(env) }
+}
+
 thread_local! {
     /// (counter key, sender) → last sequence number handled.
     static HANDLED: RefCell<HashMap<(u64, u64), u64>> = RefCell::new(HashMap::new());
@@ -263,7 +277,7 @@ impl Sim {
         if let Some((c, key, mut left)) = self.tour.take() {
             let target = left.pop().expect("tours are never empty");
             let token = self.token(c, Expect::Move);
-            let env = Envelope::new(self.counter_kind, key, Op::Migrate, MoveRequest { target })
+            let env = raw(self.counter_kind, key, Op::Migrate, MoveRequest { target })
                 .with_route(CLIENT_BIT | c as u32, token);
             if !left.is_empty() {
                 self.tour = Some((c, key, left));
@@ -293,12 +307,12 @@ impl Sim {
             };
             let target = self.rng.below(self.n() as u64) as u32;
             let token = self.token(client, Expect::Move);
-            Envelope::new(kind, key, Op::Migrate, MoveRequest { target }).with_route(sender, token)
+            raw(kind, key, Op::Migrate, MoveRequest { target }).with_route(sender, token)
         } else if roll < relays {
             let key = self.rng.below(RELAYS);
             let counter = self.rng.below(COUNTERS);
             let ask = self.rng.below(2) == 0;
-            Envelope::new(
+            raw(
                 self.relay_kind,
                 key,
                 Op::Tell,
@@ -315,9 +329,9 @@ impl Sim {
             };
             if self.rng.below(3) == 0 {
                 let token = self.token(client, Expect::Reply);
-                Envelope::new(self.counter_kind, key, Op::AskClient, msg).with_route(sender, token)
+                raw(self.counter_kind, key, Op::AskClient, msg).with_route(sender, token)
             } else {
-                Envelope::new(self.counter_kind, key, Op::Tell, msg).with_route(sender, 0)
+                raw(self.counter_kind, key, Op::Tell, msg).with_route(sender, 0)
             }
         };
         let home = self.home(env.kind, env.key);
@@ -347,7 +361,7 @@ impl Sim {
                         self.requests[from - n][s].pop_front()
                     };
                     let Some(env) = env else { break };
-                    self.shards[s].deliver(env);
+                    deliver(&mut self.shards[s], env);
                     self.honour_fences(s);
                     let now = self.shards[s].now_ns();
                     self.shards[s].stamp_settled(now);
@@ -394,7 +408,7 @@ impl Sim {
                     continue;
                 }
                 while let Some(env) = self.rings[from][s].pop_front() {
-                    self.shards[s].deliver(env);
+                    deliver(&mut self.shards[s], env);
                     self.honour_fences(s);
                 }
             }

@@ -8,6 +8,20 @@ use std::sync::Arc;
 
 use percore_shards::{Ctx, Entity, Envelope, Kinds, Op, RebalancePolicy, Shard, ShardSpec};
 
+/// Builds an envelope by hand.
+fn raw<M: Send + 'static>(kind: u16, key: u64, op: Op, msg: M) -> Envelope {
+    // SAFETY: every call in this file pairs a kind with its own message,
+    // reply or move-request type.
+    unsafe { Envelope::new_unchecked(kind, key, op, msg) }
+}
+
+/// Hands `env` to `shard`.
+fn deliver(shard: &mut Shard, env: Envelope) {
+    // SAFETY: as `raw`: every envelope here is typed by its kind, and every
+    // shard of a test shares one registry.
+    unsafe { shard.deliver(env) }
+}
+
 struct Busy;
 
 impl Entity for Busy {
@@ -81,11 +95,11 @@ impl World {
         for &(kind, key, n) in traffic {
             for _ in 0..n {
                 let env = if kind == self.busy {
-                    Envelope::new(kind, key, Op::Tell, false)
+                    raw(kind, key, Op::Tell, false)
                 } else {
-                    Envelope::new(kind, key, Op::Tell, ())
+                    raw(kind, key, Op::Tell, ())
                 };
-                self.shard.deliver(env);
+                deliver(&mut self.shard, env);
             }
         }
         self.window += 1;
@@ -179,7 +193,7 @@ fn an_entity_that_outweighs_half_the_gap_stays() {
 fn pinned_and_unmovable_entities_stay() {
     let mut w = World::new();
     // Key 0 pins itself; the fixed kind opted out.
-    w.shard.deliver(Envelope::new(w.busy, 0, Op::Tell, true));
+    deliver(&mut w.shard, raw(w.busy, 0, Op::Tell, true));
     let traffic = [(w.busy, 0, 100), (w.fixed, 1, 100), (w.fixed, 2, 100)];
     for _ in 0..5 {
         w.window(&traffic, [0.9, 0.0]);

@@ -11,6 +11,20 @@ use percore_shards::{
     Ctx, Entity, Envelope, Kinds, MoveOutcome, MoveRequest, Op, Shard, ShardSpec,
 };
 
+/// Builds an envelope by hand.
+fn raw<M: Send + 'static>(kind: u16, key: u64, op: Op, msg: M) -> Envelope {
+    // SAFETY: every call in this file pairs a kind with its own message,
+    // reply or move-request type.
+    unsafe { Envelope::new_unchecked(kind, key, op, msg) }
+}
+
+/// Hands `env` to `shard`.
+fn deliver(shard: &mut Shard, env: Envelope) {
+    // SAFETY: as `raw`: every envelope here is typed by its kind, and every
+    // shard of a test shares one registry.
+    unsafe { shard.deliver(env) }
+}
+
 /// Counts what it handles and checks each value is the next.
 struct Counter {
     last: u64,
@@ -107,7 +121,7 @@ impl World {
                     let envs: Vec<Envelope> = out.drain(n).collect();
                     for env in envs {
                         did = true;
-                        self.shards[to].deliver(env);
+                        deliver(&mut self.shards[to], env);
                         let _ = self.shards[to].take_fences();
                     }
                 }
@@ -132,12 +146,12 @@ impl World {
 
     fn client(&mut self, kind: u16, key: u64, env: Envelope) {
         let home = self.home(kind, key);
-        self.shards[home].deliver(env);
+        deliver(&mut self.shards[home], env);
         self.settle();
     }
 
     fn relay_tells(&mut self, relay: u64, seq: u64) {
-        let env = Envelope::new(self.relay, relay, Op::Tell, seq).with_route(CLIENT_BIT, 0);
+        let env = raw(self.relay, relay, Op::Tell, seq).with_route(CLIENT_BIT, 0);
         self.client(self.relay, relay, env);
     }
 
@@ -147,8 +161,7 @@ impl World {
         let req = MoveRequest {
             target: target as u32,
         };
-        let env =
-            Envelope::new(self.counter, COUNTER, Op::Migrate, req).with_route(CLIENT_BIT, token);
+        let env = raw(self.counter, COUNTER, Op::Migrate, req).with_route(CLIENT_BIT, token);
         self.client(self.counter, COUNTER, env);
         assert!(self.shards[target].owns(self.counter, COUNTER));
     }
