@@ -26,6 +26,8 @@ pub mod recovery;
 pub mod routes;
 pub mod shard;
 pub mod table;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod timers;
 
 pub use ctx::Ctx;

@@ -5,22 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use percore_shards::envelope::CLIENT_BIT;
-use percore_shards::{AskError, Ctx, Entity, Envelope, Kinds, Op, SendError, Shard, ShardSpec};
-
-/// Builds an envelope by hand.
-fn raw<M: Send + 'static>(kind: u16, key: u64, op: Op, msg: M) -> Envelope {
-    // SAFETY: every call in this file pairs a kind with its own message,
-    // reply or move-request type.
-    unsafe { Envelope::new_unchecked(kind, key, op, msg) }
-}
-
-/// Hands `env` to `shard`.
-fn deliver(shard: &mut Shard, env: Envelope) {
-    // SAFETY: as `raw`: every envelope here is typed by its kind, and every
-    // shard of a test shares one registry.
-    unsafe { shard.deliver(env) }
-}
+use percore_shards::testing::{open_reply, Config, World};
+use percore_shards::{AskError, Ctx, Entity, Kinds, SendError};
 
 /// Counts what it is sent; panics on `Boom`; stops on `Stop`; asks a peer on
 /// `AskPeer` and records the answer.
@@ -86,46 +72,13 @@ fn kinds() -> Arc<Kinds> {
     Arc::new(k)
 }
 
-fn shards(n: usize, overflow_cap: usize) -> Vec<Shard> {
-    let kinds = kinds();
-    (0..n)
-        .map(|i| {
-            Shard::new(
-                ShardSpec {
-                    shard: i,
-                    shard_count: n,
-                    client_slots: 2,
-                    overflow_cap,
-                },
-                kinds.clone(),
-            )
-        })
-        .collect()
-}
-
-/// Moves every envelope from every shard's outboxes to its destination and
-/// runs local queues, until nothing moves.
-fn settle(shards: &mut [Shard]) {
-    loop {
-        let mut moved = 0;
-        for i in 0..shards.len() {
-            moved += shards[i].run_local(usize::MAX);
-            for j in 0..shards.len() {
-                let out: Vec<Envelope> = {
-                    let o = shards[i].outbox_to_shard(j);
-                    let n = o.len();
-                    o.drain(n).collect()
-                };
-                moved += out.len();
-                for env in out {
-                    deliver(&mut shards[j], env);
-                }
-            }
-        }
-        if moved == 0 {
-            return;
-        }
-    }
+fn world(n: usize, overflow_cap: usize) -> World {
+    let cfg = Config {
+        clients: 2,
+        overflow_cap,
+        ..Config::new(n)
+    };
+    World::new(kinds(), cfg, 0)
 }
 
 fn key_on(shard: usize, count: usize, skip: u64) -> u64 {
@@ -135,144 +88,124 @@ fn key_on(shard: usize, count: usize, skip: u64) -> u64 {
         .unwrap()
 }
 
-fn tell(key: u64, msg: AccMsg) -> Envelope {
-    raw(0, key, Op::Tell, msg)
-}
-
-fn ask_from_client(key: u64, msg: AccMsg, token: u64) -> Envelope {
-    raw(0, key, Op::AskClient, msg).with_route(CLIENT_BIT, token)
-}
-
 type Replies = Vec<(u64, Result<(u64, usize), AskError>)>;
 
-fn client_replies(shard: &mut Shard) -> Replies {
-    let out = shard.outbox_to_client(0);
-    let n = out.len();
-    out.drain(n)
-        .map(|env| {
-            let token = env.token;
-            let r = match env.error_status() {
-                Some(e) => Err(e),
-                // SAFETY: replies of kind `Acc` carry `(u64, usize)`.
-                None => Ok(unsafe { env.take::<(u64, usize)>() }),
-            };
-            (token, r)
-        })
+/// Settles the world and opens what client 0 received.
+fn client_replies(w: &mut World) -> Replies {
+    w.settle();
+    w.take_replies(0)
+        .into_iter()
+        // SAFETY: replies of kind `Acc` carry `(u64, usize)`.
+        .map(|env| unsafe { open_reply::<(u64, usize)>(env) })
         .collect()
 }
 
 #[test]
 fn first_message_activates_and_state_persists() {
-    let mut s = shards(1, 16);
-    deliver(&mut s[0], tell(5, AccMsg::Add(2)));
-    deliver(&mut s[0], tell(5, AccMsg::Add(3)));
-    deliver(&mut s[0], ask_from_client(5, AccMsg::Get, 77));
-    assert_eq!(client_replies(&mut s[0]), vec![(77, Ok((5, 0)))]);
-    assert_eq!(s[0].counters().activations, 1);
-    assert_eq!(s[0].counters().handled, 3);
-    assert_eq!(s[0].entity_count(), 1);
+    let mut w = world(1, 16);
+    w.deliver_now::<Acc>(0, 0, 5, AccMsg::Add(2), None);
+    w.deliver_now::<Acc>(0, 0, 5, AccMsg::Add(3), None);
+    w.deliver_now::<Acc>(0, 0, 5, AccMsg::Get, Some(77));
+    assert_eq!(client_replies(&mut w), vec![(77, Ok((5, 0)))]);
+    assert_eq!(w.shard(0).counters().activations, 1);
+    assert_eq!(w.shard(0).counters().handled, 3);
+    assert_eq!(w.shard(0).entity_count(), 1);
 }
 
 #[test]
 fn panic_fails_the_ask_and_the_entity_restarts_fresh() {
-    let mut s = shards(1, 16);
-    deliver(&mut s[0], tell(1, AccMsg::Add(10)));
-    deliver(&mut s[0], tell(2, AccMsg::Add(20)));
-    deliver(&mut s[0], ask_from_client(1, AccMsg::Boom, 1));
-    deliver(&mut s[0], ask_from_client(1, AccMsg::Get, 2));
-    deliver(&mut s[0], ask_from_client(2, AccMsg::Get, 3));
+    let mut w = world(1, 16);
+    w.deliver_now::<Acc>(0, 0, 1, AccMsg::Add(10), None);
+    w.deliver_now::<Acc>(0, 0, 2, AccMsg::Add(20), None);
+    w.deliver_now::<Acc>(0, 0, 1, AccMsg::Boom, Some(1));
+    w.deliver_now::<Acc>(0, 0, 1, AccMsg::Get, Some(2));
+    w.deliver_now::<Acc>(0, 0, 2, AccMsg::Get, Some(3));
     assert_eq!(
-        client_replies(&mut s[0]),
+        client_replies(&mut w),
         vec![
             (1, Err(AskError::Panicked)),
             (2, Ok((0, 0))),  // fresh state
             (3, Ok((20, 0))), // the neighbour is untouched
         ]
     );
-    assert_eq!(s[0].counters().panics, 1);
-    assert_eq!(s[0].counters().activations, 3);
+    assert_eq!(w.shard(0).counters().panics, 1);
+    assert_eq!(w.shard(0).counters().activations, 3);
 }
 
 #[test]
 fn stop_deactivates_after_the_reply() {
-    let mut s = shards(1, 16);
-    deliver(&mut s[0], tell(9, AccMsg::Add(4)));
-    deliver(&mut s[0], ask_from_client(9, AccMsg::Stop, 1));
-    assert_eq!(s[0].entity_count(), 0);
-    deliver(&mut s[0], ask_from_client(9, AccMsg::Get, 2));
+    let mut w = world(1, 16);
+    w.deliver_now::<Acc>(0, 0, 9, AccMsg::Add(4), None);
+    w.deliver_now::<Acc>(0, 0, 9, AccMsg::Stop, Some(1));
+    assert_eq!(w.shard(0).entity_count(), 0);
+    w.deliver_now::<Acc>(0, 0, 9, AccMsg::Get, Some(2));
     assert_eq!(
-        client_replies(&mut s[0]),
+        client_replies(&mut w),
         vec![(1, Ok((4, 0))), (2, Ok((0, 0)))]
     );
-    assert_eq!(s[0].counters().deactivations, 1);
+    assert_eq!(w.shard(0).counters().deactivations, 1);
 }
 
 #[test]
 fn continuation_brings_the_reply_back_across_shards() {
-    let mut s = shards(2, 16);
+    let mut w = world(2, 16);
     let asker = key_on(0, 2, 0);
     let peer = key_on(1, 2, 0);
-    deliver(&mut s[1], tell(peer, AccMsg::Add(42)));
-    deliver(
-        &mut s[0],
-        tell(asker, AccMsg::AskPeer { peer, boom: false }),
-    );
-    assert_eq!(s[0].pending_asks(), 1);
-    settle(&mut s);
-    assert_eq!(s[0].pending_asks(), 0);
-    deliver(&mut s[0], ask_from_client(asker, AccMsg::Get, 1));
-    assert_eq!(client_replies(&mut s[0]), vec![(1, Ok((42, 1)))]);
+    w.deliver_now::<Acc>(1, 0, peer, AccMsg::Add(42), None);
+    w.deliver_now::<Acc>(0, 0, asker, AccMsg::AskPeer { peer, boom: false }, None);
+    assert_eq!(w.shard(0).pending_asks(), 1);
+    w.settle();
+    assert_eq!(w.shard(0).pending_asks(), 0);
+    w.deliver_now::<Acc>(0, 0, asker, AccMsg::Get, Some(1));
+    assert_eq!(client_replies(&mut w), vec![(1, Ok((42, 1)))]);
 }
 
 #[test]
 fn continuation_on_the_same_shard_and_after_a_panic() {
-    let mut s = shards(1, 16);
-    deliver(&mut s[0], tell(2, AccMsg::Add(7)));
-    deliver(
-        &mut s[0],
-        tell(
-            1,
-            AccMsg::AskPeer {
-                peer: 2,
-                boom: false,
-            },
-        ),
+    let mut w = world(1, 16);
+    w.deliver_now::<Acc>(0, 0, 2, AccMsg::Add(7), None);
+    w.deliver_now::<Acc>(
+        0,
+        0,
+        1,
+        AccMsg::AskPeer {
+            peer: 2,
+            boom: false,
+        },
+        None,
     );
-    deliver(
-        &mut s[0],
-        tell(
-            1,
-            AccMsg::AskPeer {
-                peer: 2,
-                boom: true,
-            },
-        ),
+    w.deliver_now::<Acc>(
+        0,
+        0,
+        1,
+        AccMsg::AskPeer {
+            peer: 2,
+            boom: true,
+        },
+        None,
     );
-    settle(&mut s);
-    assert_eq!(s[0].pending_asks(), 0);
+    w.settle();
+    assert_eq!(w.shard(0).pending_asks(), 0);
     // The asker got both answers, in order: the value, then the panic.
-    deliver(&mut s[0], ask_from_client(1, AccMsg::Get, 9));
-    assert_eq!(client_replies(&mut s[0]), vec![(9, Ok((7 * 100 + 99, 2)))]);
-    assert_eq!(s[0].counters().panics, 1);
+    w.deliver_now::<Acc>(0, 0, 1, AccMsg::Get, Some(9));
+    assert_eq!(client_replies(&mut w), vec![(9, Ok((7 * 100 + 99, 2)))]);
+    assert_eq!(w.shard(0).counters().panics, 1);
 }
 
 #[test]
 fn overflow_cap_refuses_and_hands_the_message_back() {
-    let mut s = shards(2, 4);
+    let mut w = world(2, 4);
     let sprayer = key_on(0, 2, 0);
     let target = key_on(1, 2, 0);
-    deliver(
-        &mut s[0],
-        tell(sprayer, AccMsg::Spray { to: target, n: 10 }),
-    );
+    w.deliver_now::<Acc>(0, 0, sprayer, AccMsg::Spray { to: target, n: 10 }, None);
     // Four wait in the outbox to shard 1; six were refused.
-    assert_eq!(s[0].outbox_to_shard(1).len(), 4);
-    deliver(&mut s[0], ask_from_client(sprayer, AccMsg::Get, 1));
-    assert_eq!(client_replies(&mut s[0]), vec![(1, Ok((0, 6)))]);
-    settle(&mut s);
-    deliver(&mut s[1], ask_from_client(target, AccMsg::Get, 2));
+    assert_eq!(w.shard_mut(0).outbox_to_shard(1).len(), 4);
+    w.deliver_now::<Acc>(0, 0, sprayer, AccMsg::Get, Some(1));
+    assert_eq!(client_replies(&mut w), vec![(1, Ok((0, 6)))]);
+    w.settle();
+    w.deliver_now::<Acc>(1, 0, target, AccMsg::Get, Some(2));
     // 0 + 1 + 2 + 3: the first four, in order.
-    assert_eq!(client_replies(&mut s[1]), vec![(2, Ok((6, 0)))]);
+    assert_eq!(client_replies(&mut w), vec![(2, Ok((6, 0)))]);
 }
 
 #[test]
@@ -319,34 +252,31 @@ fn timers_fire_on_the_shard_clock() {
     }
     let mut k = Kinds::new();
     k.register::<Alarm>().unwrap();
-    let spec = ShardSpec {
-        shard: 0,
-        shard_count: 1,
-        client_slots: 1,
+    let cfg = Config {
         overflow_cap: 8,
+        ..Config::new(1)
     };
-    let mut s = Shard::new(spec, Arc::new(k));
-    deliver(&mut s, raw(0, 1, Op::Tell, A::Arm));
-    assert_eq!(s.next_deadline_ns(), Some(100));
+    let mut w = World::new(Arc::new(k), cfg, 0);
+    w.deliver_now::<Alarm>(0, 0, 1, A::Arm, None);
+    assert_eq!(w.shard_mut(0).next_deadline_ns(), Some(100));
     for now in [150, 350, 1000, 2000, 2500] {
-        s.set_now(now);
-        s.fire_timers(usize::MAX);
-        s.run_local(usize::MAX);
+        w.advance_to(now);
+        w.shard_mut(0).fire_timers(usize::MAX);
+        w.settle();
     }
-    deliver(&mut s, raw(0, 1, Op::Tell, A::Cancel));
-    s.set_now(10_000);
-    s.fire_timers(usize::MAX);
-    s.run_local(usize::MAX);
-    deliver(
-        &mut s,
-        raw(0, 1, Op::AskClient, A::Get).with_route(CLIENT_BIT, 5),
-    );
-    let out = s.outbox_to_client(0);
-    let env = out.drain(1).next().unwrap();
+    w.deliver_now::<Alarm>(0, 0, 1, A::Cancel, None);
+    w.advance_to(10_000);
+    w.shard_mut(0).fire_timers(usize::MAX);
+    w.settle();
+    w.ask::<Alarm>(0, 1, A::Get, 5);
+    w.settle();
+    let env = w.take_replies(0).pop().unwrap();
     // SAFETY: replies of `Alarm` are `Vec<u64>`.
-    let fired = unsafe { env.take::<Vec<u64>>() };
+    let (token, fired) = unsafe { open_reply::<Vec<u64>>(env) };
+    assert_eq!(token, 5);
+    let fired = fired.unwrap();
     assert_eq!(fired, vec![1, 3, 1000, 1000]);
-    assert_eq!(s.timer_count(), 0);
+    assert_eq!(w.shard(0).timer_count(), 0);
 }
 
 #[test]

@@ -6,21 +6,8 @@
 
 use std::sync::Arc;
 
-use percore_shards::{Ctx, Entity, Envelope, Kinds, Op, RebalancePolicy, Shard, ShardSpec};
-
-/// Builds an envelope by hand.
-fn raw<M: Send + 'static>(kind: u16, key: u64, op: Op, msg: M) -> Envelope {
-    // SAFETY: every call in this file pairs a kind with its own message,
-    // reply or move-request type.
-    unsafe { Envelope::new_unchecked(kind, key, op, msg) }
-}
-
-/// Hands `env` to `shard`.
-fn deliver(shard: &mut Shard, env: Envelope) {
-    // SAFETY: as `raw`: every envelope here is typed by its kind, and every
-    // shard of a test shares one registry.
-    unsafe { shard.deliver(env) }
-}
+use percore_shards::testing::{Config, World};
+use percore_shards::{Ctx, Entity, Kinds, RebalancePolicy, Shard};
 
 struct Busy;
 
@@ -63,30 +50,30 @@ const POLICY: RebalancePolicy = RebalancePolicy {
     cooldown_windows: 10,
 };
 
-struct World {
-    shard: Shard,
+/// One shard of a two-shard test world, traffic and windows driven by hand.
+struct Rebalance {
+    w: World,
     busy: u16,
     fixed: u16,
     window: u32,
 }
 
-impl World {
-    fn new() -> World {
+impl Rebalance {
+    fn new() -> Rebalance {
         let mut kinds = Kinds::new();
         let busy = kinds.register::<Busy>().unwrap();
         let fixed = kinds.register::<Fixed>().unwrap();
-        let spec = ShardSpec {
-            shard: 0,
-            shard_count: 2,
-            client_slots: 1,
-            overflow_cap: 1 << 20,
-        };
-        World {
-            shard: Shard::new(spec, Arc::new(kinds)),
+        Rebalance {
+            w: World::new(Arc::new(kinds), Config::new(2), 0),
             busy,
             fixed,
             window: 0,
         }
+    }
+
+    /// Shard 0, where the test delivers everything.
+    fn shard(&mut self) -> &mut Shard {
+        self.w.shard_mut(0)
     }
 
     /// One window of traffic: `n` messages to each of `keys` of `kind`, then
@@ -94,23 +81,22 @@ impl World {
     fn window(&mut self, traffic: &[(u16, u64, u32)], loads: [f32; 2]) -> usize {
         for &(kind, key, n) in traffic {
             for _ in 0..n {
-                let env = if kind == self.busy {
-                    raw(kind, key, Op::Tell, false)
+                if kind == self.busy {
+                    self.w.deliver_now::<Busy>(0, 0, key, false, None);
                 } else {
-                    raw(kind, key, Op::Tell, ())
-                };
-                deliver(&mut self.shard, env);
+                    self.w.deliver_now::<Fixed>(0, 0, key, (), None);
+                }
             }
         }
         self.window += 1;
-        self.shard.end_window(self.window, &loads, &POLICY)
+        self.w.shard_mut(0).end_window(self.window, &loads, &POLICY)
     }
 
     /// The `n`-th key of `kind` (from 0) whose home is shard 0, where the
     /// test delivers everything.
     fn key(&self, kind: u16, n: usize) -> u64 {
         (0..)
-            .filter(|&k| self.shard.kinds().home_shard(kind, k, 2) == 0)
+            .filter(|&k| self.w.kinds().home_shard(kind, k, 2) == 0)
             .nth(n)
             .unwrap()
     }
@@ -118,19 +104,19 @@ impl World {
     /// Carries the queued moves out; returns the keys that left.
     fn moved(&mut self) -> Vec<u64> {
         let before: Vec<u64> = (0..1000)
-            .filter(|&k| self.shard.owns(self.busy, k))
+            .filter(|&k| self.w.shard(0).owns(self.busy, k))
             .collect();
-        self.shard.run_moves();
+        self.shard().run_moves();
         before
             .into_iter()
-            .filter(|&k| !self.shard.owns(self.busy, k))
+            .filter(|&k| !self.w.shard(0).owns(self.busy, k))
             .collect()
     }
 }
 
 #[test]
 fn a_sustained_gap_moves_half_its_worth_of_the_hottest_and_then_nothing() {
-    let mut w = World::new();
+    let mut w = Rebalance::new();
     // Eight equally hot entities and a few lukewarm ones.
     let hot_keys: Vec<u64> = (0..8).map(|n| w.key(w.busy, n)).collect();
     let mut traffic: Vec<(u16, u64, u32)> = hot_keys.iter().map(|&k| (w.busy, k, 100)).collect();
@@ -158,7 +144,7 @@ fn a_sustained_gap_moves_half_its_worth_of_the_hottest_and_then_nothing() {
         .collect();
     assert_eq!(hot.len(), 3, "about half the gap's worth: {moved:?}");
     assert_eq!(queued, 4, "{moved:?}");
-    assert_eq!(w.shard.counters().migrations_out, 4);
+    assert_eq!(w.shard().counters().migrations_out, 4);
 
     // Balanced (a gap below 0.2), or the other shard the busier: nothing moves,
     // however long it lasts.
@@ -175,7 +161,7 @@ fn a_sustained_gap_moves_half_its_worth_of_the_hottest_and_then_nothing() {
 
 #[test]
 fn an_entity_that_outweighs_half_the_gap_stays() {
-    let mut w = World::new();
+    let mut w = Rebalance::new();
     // One entity carries nearly all the load: moving it would only move the
     // hot spot.
     let (spot, other) = (w.key(w.busy, 0), w.key(w.busy, 1));
@@ -191,15 +177,15 @@ fn an_entity_that_outweighs_half_the_gap_stays() {
 
 #[test]
 fn pinned_and_unmovable_entities_stay() {
-    let mut w = World::new();
+    let mut w = Rebalance::new();
     // Key 0 pins itself; the fixed kind opted out.
-    deliver(&mut w.shard, raw(w.busy, 0, Op::Tell, true));
+    w.w.deliver_now::<Busy>(0, 0, 0, true, None);
     let traffic = [(w.busy, 0, 100), (w.fixed, 1, 100), (w.fixed, 2, 100)];
     for _ in 0..5 {
         w.window(&traffic, [0.9, 0.0]);
-        w.shard.run_moves();
+        w.shard().run_moves();
     }
-    assert!(w.shard.owns(w.busy, 0));
-    assert!(w.shard.owns(w.fixed, 1) && w.shard.owns(w.fixed, 2));
-    assert_eq!(w.shard.counters().migrations_out, 0);
+    assert!(w.w.shard(0).owns(w.busy, 0));
+    assert!(w.w.shard(0).owns(w.fixed, 1) && w.w.shard(0).owns(w.fixed, 2));
+    assert_eq!(w.shard().counters().migrations_out, 0);
 }
