@@ -212,6 +212,9 @@ pub fn run(config: Config) -> io::Result<()> {
         protocol_errors: AtomicU64::new(0),
     });
     main_rt.block_on(async move {
+        // Registered before `listening` is printed, so a SIGINT right after it is
+        // a clean stop, not the default disposition's kill.
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let listener = TcpListener::bind(config.listen).await?;
         println!("listening {}", listener.local_addr()?);
         use std::io::Write as _;
@@ -231,7 +234,7 @@ pub fn run(config: Config) -> io::Result<()> {
             }
         };
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
+            _ = sigint.recv() => {}
             () = accept => {}
         }
         // Everything acknowledged is durable already; flush what is queued so the
