@@ -343,6 +343,12 @@ async fn run_room(room: u32, mut rx: mpsc::Receiver<RoomCmd>, shared: Arc<Shared
                 let Some(cmd) = cmd else { return };
                 match cmd {
                     RoomCmd::Join { player, out, reply } => {
+                        // A rejoin of the same room keeps the member (and one entry).
+                        if let Some(&i) = index.get(&player) {
+                            members[i].out = out;
+                            let _ = reply.send(true);
+                            continue;
+                        }
                         if members.len() >= MAX_ROOM_PLAYERS {
                             let _ = reply.send(false);
                             continue;
@@ -575,8 +581,10 @@ impl Session {
             .await;
             return Next::Continue;
         }
-        if let Some((_, old)) = self.room.replace((room, tx)) {
-            let _ = old.send(RoomCmd::Leave { player }).await;
+        if let Some((old_room, old)) = self.room.replace((room, tx)) {
+            if old_room != room {
+                let _ = old.send(RoomCmd::Leave { player }).await;
+            }
         }
         let welcome = ServerMsg::Welcome {
             player,
