@@ -60,6 +60,13 @@ fn a_websocket_client_joins_moves_and_trades() {
         }))
         .await
         .unwrap();
+        // Joining the room one is in again keeps one entry for the player.
+        ws.send(send(ClientMsg::Join {
+            player: 900,
+            room: 9,
+        }))
+        .await
+        .unwrap();
         ws.send(send(ClientMsg::Input {
             seq: 1,
             dx: 2,
@@ -89,6 +96,7 @@ fn a_websocket_client_joins_moves_and_trades() {
                     welcomed = true;
                 }
                 ServerMsg::State(view) => {
+                    assert_eq!(view.entries().filter(|e| e.player == 900).count(), 1);
                     let me = view.entries().find(|e| e.player == 900).unwrap();
                     moved |= me.last_seq == 1;
                 }
