@@ -64,8 +64,8 @@ pub use writer::{
     SEGMENT_LEN_BYTES_MIN, STAGED_LEN_BYTES_DEFAULT, WRITE_STALLS_MAX,
 };
 
-pub use percore_shards::record::{
+pub use percore_shards::driver::fold::{Fold, Latest, Offered, Recovered, StoredId};
+pub use percore_shards::driver::record::{
     kind_hash, record_len, RecordHeader, RecordType, RecordView, RECORD_ALIGN, RECORD_HEADER_LEN,
     RECORD_PAYLOAD_LEN_MAX,
 };
-pub use percore_shards::recovery::{EntityId, Fold, Latest, Offered, Recovered};

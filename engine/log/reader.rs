@@ -42,7 +42,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapOptions};
-use percore_shards::record::{
+use percore_shards::driver::record::{
     decode_prevalidated, record_len, RecordType, RecordView, SegmentEnd, SegmentReader,
     RECORD_ALIGN, RECORD_HEADER_LEN, RECORD_MAGIC, RECORD_PAYLOAD_LEN_MAX,
 };
