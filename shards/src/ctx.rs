@@ -124,7 +124,10 @@ impl<'a, E: Entity> Ctx<'a, E> {
     ///
     /// # Errors
     ///
-    /// As [`Ctx::tell`]; when sending fails, `then` is dropped uncalled.
+    /// As [`Ctx::tell`], and [`SendError::Overflow`] too when
+    /// [`CONTINUATIONS_MAX`](crate::limits::CONTINUATIONS_MAX) asks of this
+    /// shard already wait for their replies; when sending fails, `then` is
+    /// dropped uncalled.
     pub fn ask<T, F>(&mut self, key: u64, msg: T::Msg, then: F) -> Result<(), SendError<T::Msg>>
     where
         T: Entity,

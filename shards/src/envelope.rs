@@ -68,7 +68,7 @@ pub enum Op {
     /// messages may still wait.
     Fence = 10,
     /// Routing: a shard that sends to the entity changed its route to it
-    /// (see `routes`). Travels the old route, behind everything the shard
+    /// (see `services::route_cache`). Travels the old route, behind everything the shard
     /// sent that way, and is routed like a message; the entity's owner then
     /// handles what the shard sent the new way. No payload; the stream tag
     /// names the shard.
@@ -107,7 +107,7 @@ pub const STRAGGLER: u8 = 0x80;
 
 /// Set in [`Envelope::status`] of a message its sending shard addressed to
 /// the shard its route cache names rather than to the entity's home (see
-/// `routes`). Kept when the message is forwarded: it says which of the
+/// `services::route_cache`). Kept when the message is forwarded: it says which of the
 /// sending shard's routes the message took.
 pub const DIRECT: u8 = 0x20;
 
@@ -251,7 +251,7 @@ impl Envelope {
     }
 
     /// Tags a message as part of shard `shard`'s stream to its entity: the
-    /// shard that put it on a route (see `routes`). Kept in the top bits of
+    /// shard that put it on a route (see `services::route_cache`). Kept in the top bits of
     /// the token; the rest keeps the token itself.
     #[inline]
     pub(crate) fn set_stream(&mut self, shard: usize) {

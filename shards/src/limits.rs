@@ -85,7 +85,8 @@ pub const SETTLING_PER_PASS_MAX: usize = MOVES_PER_PASS_MAX * (MAX_SHARDS - 1);
 /// hosts. So places are proportional to the entities homed here that live
 /// elsewhere, plus the guests living here, plus the moves in flight (at
 /// most [`SETTLING_PER_PASS_MAX`] new ones per pass); an old owner's pointer
-/// lasts only until the home's marker passes it. About 48 bytes each.
+/// lasts only until the home's marker passes it. About 48 bytes each (a
+/// 32-byte map entry, its control byte and the map's slack).
 pub const PLACE_BYTES_PER_MOVED_ENTITY: usize = 48;
 
 /// What a shard's departures (durable entities that left, kept in its

@@ -224,3 +224,15 @@ impl Protocol<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_place_entry_is_what_the_limit_says() {
+        // `PLACE_BYTES_PER_MOVED_ENTITY` assumes a 32-byte map entry (plus
+        // the map's control byte and slack).
+        assert!(std::mem::size_of::<(EntityId, Place)>() <= 32);
+    }
+}
