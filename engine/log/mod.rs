@@ -3,7 +3,7 @@
 //! Each shard owns one append-only log in `DATA_DIR/shard-NNN/`, a sequence of
 //! fixed-size, preallocated segments `SEQUENCE.log`. The record format and the
 //! recovery fold are sans-I/O and live in `percore-shards`
-//! ([`percore_shards::record`], [`percore_shards::recovery`]); this module does the
+//! ([`percore_shards::driver::record`], [`percore_shards::driver::fold`]); this module does the
 //! I/O:
 //!
 //! - [`LogWriter`]: group commit from the shard thread, non-blocking, through a

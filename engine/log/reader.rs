@@ -2,7 +2,7 @@
 //! the valid ones out in log order, borrowing from the mappings (no copy).
 //!
 //! Per segment, [`SegmentReader`] separates a torn tail from corruption before it
-//! (see [`percore_shards::record`]). Across segments:
+//! (see [`percore_shards::driver::record`]). Across segments:
 //!
 //! - A torn tail is accepted in the newest segment holding records, or in a
 //!   segment whose next segment holding records begins with a

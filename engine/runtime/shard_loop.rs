@@ -88,7 +88,7 @@ pub(crate) fn spawn_shard(
 /// sixteen made the producer and consumer trade the ring's index lines
 /// sixteen times as often: `versus --child percore fanout` 45 → 29 M/s).
 /// `versus --child percore activate`: 8.7 → 10.9 M/s (see
-/// `percore_shards::table` for the rest).
+/// `percore_shards::driver::Table` for the rest).
 #[inline]
 fn prefetch(shard: &Shard, chunk: &ReadChunk<'_, Envelope>) {
     let (first, second) = chunk.as_slices();

@@ -28,7 +28,7 @@
 //! | 4 dispatch | `dispatch`, `kinds` | find or activate, run the handler, rewind on panic; the registry |
 //! | 5 protocol | `migrate` (`place`, `lanes`, `handoff`), `rebalance` | migration as state acting on tables and services; a pure rebalancing plan |
 //! | 6 driver | `shard` | the only `impl Shard`: short delegations the runtime calls |
-//! | test support | [`testing`] (feature `testing`) | one seeded world: shards, clients, clock, in-memory logs |
+//! | test support | `testing` (feature `testing`) | one seeded world: shards, clients, clock, in-memory logs |
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -72,21 +72,22 @@ pub use kinds::Kinds;
 pub use limits::MAX_SHARDS;
 pub use services::heat::Hot;
 
-/// For the runtime; not for entity code.
-///
-/// What the engine's runtime drives a shard with: the [`Shard`] itself and
-/// its [`ShardSpec`], the [`Envelope`]s that travel on its rings with their
-/// operations and flags, the [`Outbox`]es it publishes, move requests, the
-/// rebalancing policy, the log interface ([`LogSink`]) and the log format
-/// ([`record`], [`fold`]). Entity code never needs any of it: it talks
-/// through [`Ctx`](crate::Ctx), and clients through the `percore` crate.
-///
-/// Envelopes of messages are only built by
-/// [`Kinds::message`](crate::Kinds::message) and
-/// [`Kinds::move_request`](crate::Kinds::move_request), which tie the
-/// payload's type to its kind; [`Shard::deliver`] and
-/// [`Envelope::new_unchecked`] are `unsafe` for anything else.
 pub mod driver {
+    //! For the runtime; not for entity code.
+    //!
+    //! What the engine's runtime drives a shard with: the [`Shard`] itself and
+    //! its [`ShardSpec`], the [`Envelope`]s that travel on its rings with their
+    //! operations and flags, the [`Outbox`]es it publishes, move requests, the
+    //! rebalancing policy, the log interface ([`LogSink`]) and the log format
+    //! ([`record`], [`fold`]). Entity code never needs any of it: it talks
+    //! through [`Ctx`](crate::Ctx), and clients through the `percore` crate.
+    //!
+    //! Envelopes of messages are only built by
+    //! [`Kinds::message`](crate::Kinds::message) and
+    //! [`Kinds::move_request`](crate::Kinds::move_request), which tie the
+    //! payload's type to its kind; [`Shard::deliver`] and
+    //! [`Envelope::new_unchecked`] are `unsafe` for anything else.
+
     pub use crate::envelope::{
         is_inline, Envelope, Op, DIRECT, INLINE_BYTES, REROUTED, STRAGGLER, TOKEN_MASK,
     };
