@@ -10,9 +10,10 @@ use std::task::{Context, Poll, Waker};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use percore_shards::envelope::{SenderId, CLIENT_BIT};
-use percore_shards::table::KeyMap;
-use percore_shards::{AskError, Entity, Envelope, KindId, MoveOutcome, MoveRequest, Op};
+use percore_shards::driver::KeyMap;
+use percore_shards::driver::{Envelope, MoveOutcome, MoveRequest, Op};
+use percore_shards::driver::{SenderId, CLIENT_BIT};
+use percore_shards::{AskError, Entity, KindId};
 use rtrb::{Consumer, Producer, PushError};
 
 use crate::error::{MigrateError, TellError};

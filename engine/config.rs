@@ -193,8 +193,8 @@ impl Default for RebalanceConfig {
 
 impl RebalanceConfig {
     /// The policy the shards apply.
-    pub(crate) fn policy(&self) -> percore_shards::RebalancePolicy {
-        percore_shards::RebalancePolicy {
+    pub(crate) fn policy(&self) -> percore_shards::driver::RebalancePolicy {
+        percore_shards::driver::RebalancePolicy {
             enabled: self.enabled,
             min_gap: self.min_gap_percent as f32 / 100.0,
             sustain_windows: self.sustain_windows,

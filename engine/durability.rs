@@ -8,9 +8,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use percore_shards::durable::{LogRefusal, LogSink};
-use percore_shards::recovery::Fold;
-use percore_shards::{AskError, Kinds, Shard};
+use percore_shards::driver::fold::Fold;
+use percore_shards::driver::Shard;
+use percore_shards::driver::{LogRefusal, LogSink};
+use percore_shards::{AskError, Kinds};
 
 use crate::config::DurabilityLevel;
 use crate::error::Error;
@@ -181,9 +182,9 @@ pub(crate) fn recover(
         }
     }
     for (id, latest) in fold.into_entries() {
-        let Some(kind) = kinds.id_of_hash(id.kind) else {
+        let Some(kind) = kinds.id_of_hash(id.kind_hash) else {
             tracing::warn!(
-                kind_hash = id.kind,
+                kind_hash = id.kind_hash,
                 key = id.key,
                 "the log holds an entity of a kind that is not registered; it is ignored"
             );
@@ -194,7 +195,7 @@ pub(crate) fn recover(
             Some((origin, bytes)) => {
                 report.entities += 1;
                 plan[shard].live.push((
-                    id.kind,
+                    id.kind_hash,
                     id.key,
                     latest.version,
                     bytes.to_vec(),
@@ -203,11 +204,11 @@ pub(crate) fn recover(
             }
             None => {
                 let origin = tombstone_logs
-                    .get(&(id.kind, id.key))
+                    .get(&(id.kind_hash, id.key))
                     .map_or(shard, |&(_, origin)| origin);
                 plan[shard]
                     .deleted
-                    .push((id.kind, id.key, latest.version, origin != shard))
+                    .push((id.kind_hash, id.key, latest.version, origin != shard))
             }
         }
     }
@@ -224,9 +225,10 @@ pub(crate) fn restore(shard: &mut Shard, recovery: &ShardRecovery) -> Result<(),
         shard.restore_tombstone(kind, key, version, foreign);
     }
     for (kind, key, version, bytes, foreign) in &recovery.live {
+        // The error names the entity and the kind.
         shard
             .restore(*kind, *key, *version, bytes, *foreign)
-            .map_err(|e| format!("entity {key} of kind hash {kind:#x}: {e}"))?;
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -7,7 +7,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use percore_shards::{Codec, DurableState, Entity, Envelope, Kinds};
+use percore_shards::{Codec, DurableState, Entity, Kinds};
+
+use percore_shards::driver::Envelope;
 use rtrb::RingBuffer;
 
 use crate::client::Client;
@@ -20,8 +22,12 @@ use crate::runtime::{spawn_shard, ShardInit};
 use crate::shared::{ClientEnds, ClientSignals, ClientSlot, Quiescence, Shared};
 use crate::sync::{init_barriers, CachePadded, Doorbell};
 
-/// Most shards one engine runs (client batches track shards in a `u128`).
-pub const MAX_SHARDS: usize = 128;
+/// Most shards one engine runs: the one limit of `percore-shards`.
+pub use percore_shards::MAX_SHARDS;
+const _: () = assert!(
+    MAX_SHARDS <= u128::BITS as usize,
+    "client batches track shards in a u128"
+);
 
 /// Configures and starts an [`Engine`]. Every setter documents its default and
 /// range; ranges are checked by [`EngineBuilder::build`].

@@ -98,7 +98,9 @@ pub use durability::RecoveryReport;
 pub use engine::{Engine, EngineBuilder, MAX_SHARDS};
 pub use error::{Error, MigrateError, TellError};
 pub use metrics::{Metrics, PauseStats, ShardMetrics};
-pub use percore_shards::{AskError, Ctx, DurableState, Entity, Hot, SendError, TimerId};
+pub use percore_shards::{
+    AskError, Ctx, DecodeError, DurableState, Entity, EntityId, Hot, KindId, SendError, TimerId,
+};
 
 pub use bytemuck;
 

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use percore_shards::Counters;
+use percore_shards::driver::Counters;
 
 /// One shard's counters at the moment of a snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

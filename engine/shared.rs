@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use percore_shards::{Envelope, Hot, Kinds};
+use percore_shards::{Hot, Kinds};
+
+use percore_shards::driver::Envelope;
 use rtrb::{Consumer, Producer};
 
 use crate::config::EngineConfig;

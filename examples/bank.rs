@@ -350,25 +350,25 @@ impl DurableState for Account {
         }
     }
 
-    fn decode(key: u64, bytes: &[u8]) -> Result<Self, String> {
+    fn decode(key: u64, bytes: &[u8]) -> Result<Self, percore::DecodeError> {
         const HEAD: usize = 32;
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
         if bytes.len() < HEAD {
-            return Err(format!(
+            return Err(percore::DecodeError::new(format!(
                 "{} bytes, shorter than the 32-byte head",
                 bytes.len()
-            ));
+            )));
         }
         let outbox_len = u32_at(24) as usize;
         let applied_len = u32_at(28) as usize;
         let expected = HEAD + outbox_len * 24 + applied_len * 16;
         if bytes.len() != expected || outbox_len > OUTBOX_CAP {
-            return Err(format!(
+            return Err(percore::DecodeError::new(format!(
                 "{} bytes for {outbox_len} outbox and {applied_len} applied entries \
                  (expected {expected}, outbox at most {OUTBOX_CAP})",
                 bytes.len()
-            ));
+            )));
         }
         let account = Account {
             balance: u64_at(0) as i64,

@@ -144,7 +144,7 @@ impl Entity for Buyer {
             }
             BuyerMsg::Answer { event, reply } => {
                 self.outcome = Some(match reply {
-                    Ok(BoothReply::Held { hold }) if ctx.key() % 5 != 0 => {
+                    Ok(BoothReply::Held { hold }) if !ctx.key().is_multiple_of(5) => {
                         ctx.tell::<Booth>(event, BoothMsg::Confirm { hold })
                             .unwrap_or_else(|_| panic!("queue to the booth overflowed"));
                         "bought"

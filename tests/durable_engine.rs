@@ -89,9 +89,9 @@ impl DurableState for Cell {
         out.extend_from_slice(&self.writes.to_le_bytes());
     }
 
-    fn decode(key: u64, bytes: &[u8]) -> Result<Self, String> {
+    fn decode(key: u64, bytes: &[u8]) -> Result<Self, percore::DecodeError> {
         if bytes.len() != 16 {
-            return Err(format!("cell {key}: {} bytes, expected 16", bytes.len()));
+            return Err(format!("cell {key}: {} bytes, expected 16", bytes.len()).into());
         }
         let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
         Ok(Cell {
@@ -129,9 +129,9 @@ impl DurableState for Wide {
         out.resize(WIDE_LEN_BYTES, 0xa5);
     }
 
-    fn decode(key: u64, bytes: &[u8]) -> Result<Self, String> {
+    fn decode(key: u64, bytes: &[u8]) -> Result<Self, percore::DecodeError> {
         if bytes.len() != WIDE_LEN_BYTES {
-            return Err(format!("wide {key}: {} bytes", bytes.len()));
+            return Err(format!("wide {key}: {} bytes", bytes.len()).into());
         }
         Ok(Wide {
             bumps: u64::from_le_bytes(bytes[..8].try_into().unwrap()),
@@ -348,9 +348,9 @@ impl DurableState for Hooked {
         out.extend_from_slice(&self.from_hook.to_le_bytes());
     }
 
-    fn decode(key: u64, bytes: &[u8]) -> Result<Self, String> {
+    fn decode(key: u64, bytes: &[u8]) -> Result<Self, percore::DecodeError> {
         if bytes.len() != 16 {
-            return Err(format!("hooked {key}: {} bytes", bytes.len()));
+            return Err(format!("hooked {key}: {} bytes", bytes.len()).into());
         }
         let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
         Ok(Hooked {
@@ -752,7 +752,7 @@ impl DurableState for Relay {
         out.resize(1024, 0);
     }
 
-    fn decode(key: u64, bytes: &[u8]) -> Result<Self, String> {
+    fn decode(key: u64, bytes: &[u8]) -> Result<Self, percore::DecodeError> {
         let count = bytes
             .get(..8)
             .ok_or_else(|| format!("relay {key}: {} bytes", bytes.len()))?;

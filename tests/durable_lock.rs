@@ -49,7 +49,7 @@ impl DurableState for Counter {
         out.extend_from_slice(&self.n.to_le_bytes());
     }
 
-    fn decode(key: u64, bytes: &[u8]) -> Result<Self, String> {
+    fn decode(key: u64, bytes: &[u8]) -> Result<Self, percore::DecodeError> {
         let n = bytes
             .try_into()
             .map_err(|_| format!("counter {key}: {} bytes, expected 8", bytes.len()))?;

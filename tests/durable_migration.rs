@@ -51,7 +51,7 @@ impl DurableState for Account {
         out.extend_from_slice(&[0u8; 200]);
     }
 
-    fn decode(key: u64, bytes: &[u8]) -> Result<Self, String> {
+    fn decode(key: u64, bytes: &[u8]) -> Result<Self, percore::DecodeError> {
         let balance = bytes
             .get(..8)
             .and_then(|b| b.try_into().ok())

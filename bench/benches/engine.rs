@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use percore::{Ctx, Engine, Entity, IdlePolicy};
-use percore_shards::envelope::CLIENT_BIT;
-use percore_shards::table::Table;
-use percore_shards::{Envelope, Kinds, Op, Shard, ShardSpec};
+use percore_shards::driver::Table;
+use percore_shards::driver::CLIENT_BIT;
+use percore_shards::driver::{Envelope, Op, Shard, ShardSpec};
+use percore_shards::Kinds;
 
 /// Adds what it is sent.
 struct Sink(u64);

@@ -3,7 +3,7 @@
 //! Each shard owns one append-only log in `DATA_DIR/shard-NNN/`, a sequence of
 //! fixed-size, preallocated segments `SEQUENCE.log`. The record format and the
 //! recovery fold are sans-I/O and live in `percore-shards`
-//! ([`percore_shards::record`], [`percore_shards::recovery`]); this module does the
+//! ([`percore_shards::driver::record`], [`percore_shards::driver::fold`]); this module does the
 //! I/O:
 //!
 //! - [`LogWriter`]: group commit from the shard thread, non-blocking, through a
@@ -64,8 +64,8 @@ pub use writer::{
     SEGMENT_LEN_BYTES_MIN, STAGED_LEN_BYTES_DEFAULT, WRITE_STALLS_MAX,
 };
 
-pub use percore_shards::record::{
+pub use percore_shards::driver::fold::{Fold, Latest, Offered, Recovered, StoredId};
+pub use percore_shards::driver::record::{
     kind_hash, record_len, RecordHeader, RecordType, RecordView, RECORD_ALIGN, RECORD_HEADER_LEN,
     RECORD_PAYLOAD_LEN_MAX,
 };
-pub use percore_shards::recovery::{EntityId, Fold, Latest, Offered, Recovered};

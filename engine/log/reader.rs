@@ -2,7 +2,7 @@
 //! the valid ones out in log order, borrowing from the mappings (no copy).
 //!
 //! Per segment, [`SegmentReader`] separates a torn tail from corruption before it
-//! (see [`percore_shards::record`]). Across segments:
+//! (see [`percore_shards::driver::record`]). Across segments:
 //!
 //! - A torn tail is accepted in the newest segment holding records, or in a
 //!   segment whose next segment holding records begins with a
@@ -42,7 +42,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapOptions};
-use percore_shards::record::{
+use percore_shards::driver::record::{
     decode_prevalidated, record_len, RecordType, RecordView, SegmentEnd, SegmentReader,
     RECORD_ALIGN, RECORD_HEADER_LEN, RECORD_MAGIC, RECORD_PAYLOAD_LEN_MAX,
 };

@@ -91,7 +91,7 @@ use std::ops::Range;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use percore_shards::record::{
+use percore_shards::driver::record::{
     encode, record_len, RecordFields, RecordType, RECORD_ALIGN, RECORD_HEADER_LEN,
     RECORD_PAYLOAD_LEN_MAX,
 };
@@ -258,7 +258,7 @@ pub struct LogPosition {
     /// Segment sequence.
     pub segment_seq: u64,
     /// Byte offset in the segment, a multiple of
-    /// [`RECORD_ALIGN`](percore_shards::record::RECORD_ALIGN).
+    /// [`RECORD_ALIGN`](percore_shards::driver::record::RECORD_ALIGN).
     pub offset: u64,
 }
 
@@ -267,7 +267,7 @@ pub struct LogPosition {
 pub enum LogRecord<'a> {
     /// The full new state of an entity.
     State {
-        /// Kind hash ([`kind_hash`](percore_shards::record::kind_hash)).
+        /// Kind hash ([`kind_hash`](percore_shards::driver::record::kind_hash)).
         kind: u64,
         /// Key.
         key: u64,
@@ -1427,7 +1427,7 @@ impl<S: Storage> LogWriter<S> {
 mod tests {
     use super::*;
     use crate::log::{SimFault, SimOpKind, SimStorage};
-    use percore_shards::record::{decode, Decoded};
+    use percore_shards::driver::record::{decode, Decoded};
 
     fn small() -> LogConfig {
         LogConfig {

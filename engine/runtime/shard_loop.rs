@@ -10,7 +10,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
-use percore_shards::{Destination, Envelope, Shard, ShardSpec};
+use percore_shards::driver::{Destination, Envelope, Shard, ShardSpec};
+use percore_shards::EntityId;
 use rtrb::chunks::ReadChunk;
 use rtrb::{Consumer, Producer};
 
@@ -87,11 +88,16 @@ pub(crate) fn spawn_shard(
 /// sixteen made the producer and consumer trade the ring's index lines
 /// sixteen times as often: `versus --child percore fanout` 45 → 29 M/s).
 /// `versus --child percore activate`: 8.7 → 10.9 M/s (see
-/// `percore_shards::table` for the rest).
+/// `percore_shards::driver::Table` for the rest).
 #[inline]
 fn prefetch(shard: &Shard, chunk: &ReadChunk<'_, Envelope>) {
     let (first, second) = chunk.as_slices();
-    shard.prefetch(first.iter().chain(second).map(|env| (env.kind, env.key)));
+    shard.prefetch(
+        first
+            .iter()
+            .chain(second)
+            .map(|env| EntityId::new(env.kind, env.key)),
+    );
 }
 
 fn executor_error(shard: usize, core: usize, e: glommio::GlommioError<()>) -> Error {

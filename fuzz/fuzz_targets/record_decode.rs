@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use percore_shards::record::{decode, Decoded, SegmentEnd, SegmentReader, RECORD_ALIGN};
+use percore_shards::driver::record::{decode, Decoded, SegmentEnd, SegmentReader, RECORD_ALIGN};
 
 fuzz_target!(|data: &[u8]| {
     let (seq, segment) = match data.split_first_chunk::<8>() {

@@ -1,13 +1,17 @@
-//! `Ctx`: what a handler can do besides changing its own state.
+//! Layer 3, user API: `Ctx`, what a handler can do besides changing its own
+//! state. It borrows the shard's services and uses only what a handler may:
+//! sends, asks, timers, moves, pins, the clock.
 
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::entity::{Entity, KindId};
-use crate::envelope::{Envelope, Op, SenderId};
+use crate::entity::Entity;
+use crate::envelope::{Envelope, Op};
 use crate::error::{AskError, SendError};
-use crate::shard::{Continuation, Services};
-use crate::timers::TimerId;
+use crate::id::{EntityId, KindId, SenderId, TimerId};
+use crate::services::continuations::Continuation;
+use crate::services::moves::PendingMove;
+use crate::services::Services;
 
 /// The handler's view of its shard.
 ///
@@ -17,18 +21,16 @@ use crate::timers::TimerId;
 /// queue and is handled after the current one, never re-entrantly.
 pub struct Ctx<'a, E: Entity> {
     svc: &'a mut Services,
-    kind: KindId,
-    key: u64,
+    id: EntityId,
     stop: bool,
     _entity: PhantomData<fn(E)>,
 }
 
 impl<'a, E: Entity> Ctx<'a, E> {
-    pub(crate) fn new(svc: &'a mut Services, kind: KindId, key: u64) -> Self {
+    pub(crate) fn new(svc: &'a mut Services, id: EntityId) -> Self {
         Ctx {
             svc,
-            kind,
-            key,
+            id,
             stop: false,
             _entity: PhantomData,
         }
@@ -41,26 +43,26 @@ impl<'a, E: Entity> Ctx<'a, E> {
     /// The key of the entity being handled.
     #[inline]
     pub fn key(&self) -> u64 {
-        self.key
+        self.id.key
     }
 
     /// The index of the shard the entity lives on.
     #[inline]
     pub fn shard(&self) -> usize {
-        self.svc.spec.shard
+        self.svc.shard()
     }
 
     /// Number of shards in the engine.
     #[inline]
     pub fn shard_count(&self) -> usize {
-        self.svc.spec.shard_count
+        self.svc.spec().shard_count
     }
 
     /// The shard's clock: time since the engine started, read once per pass of
     /// the shard loop (cheap, and the same for every message of a pass).
     #[inline]
     pub fn now(&self) -> Duration {
-        Duration::from_nanos(self.svc.now_ns)
+        Duration::from_nanos(self.svc.now_ns())
     }
 
     /// Messages this shard holds for other shards' rings, waiting for room.
@@ -77,20 +79,20 @@ impl<'a, E: Entity> Ctx<'a, E> {
     /// (the engine's `overflow_cap`).
     #[inline]
     pub fn overflow_cap(&self) -> usize {
-        self.svc.spec.overflow_cap
+        self.svc.spec().overflow_cap
     }
 
     #[inline]
     fn sender(&self) -> SenderId {
-        self.svc.spec.shard as SenderId
+        self.svc.shard() as SenderId
     }
 
     #[inline]
     fn kind_of<T: Entity>(&self) -> Option<KindId> {
         if T::KIND == E::KIND {
-            return Some(self.kind);
+            return Some(self.id.kind);
         }
-        self.svc.kinds.id_of::<T>()
+        self.svc.kinds().id_of::<T>()
     }
 
     /// Sends `msg` to entity `key` of kind `T`; its reply is dropped.
@@ -122,7 +124,10 @@ impl<'a, E: Entity> Ctx<'a, E> {
     ///
     /// # Errors
     ///
-    /// As [`Ctx::tell`]; when sending fails, `then` is dropped uncalled.
+    /// As [`Ctx::tell`], and [`SendError::Overflow`] too when
+    /// [`CONTINUATIONS_MAX`](crate::limits::CONTINUATIONS_MAX) asks of this
+    /// shard already wait for their replies; when sending fails, `then` is
+    /// dropped uncalled.
     pub fn ask<T, F>(&mut self, key: u64, msg: T::Msg, then: F) -> Result<(), SendError<T::Msg>>
     where
         T: Entity,
@@ -131,21 +136,23 @@ impl<'a, E: Entity> Ctx<'a, E> {
         let Some(kind) = self.kind_of::<T>() else {
             return Err(SendError::UnknownKind(msg));
         };
-        let token = self.svc.park_continuation(Continuation {
-            kind: self.kind,
-            key: self.key,
-            call: Box::new(move |reply, asker_kind, asker_key| {
+        let parked = self.svc.park_continuation(Continuation {
+            asker: self.id,
+            call: Box::new(move |reply, asker: EntityId| {
                 // SAFETY: a successful `ReplyEntity` for this continuation was made
                 // by the handler of kind `T`, with `Envelope::new::<T::Reply>`.
                 let reply = reply.map(|env| unsafe { env.take::<T::Reply>() });
-                Envelope::new(asker_kind, asker_key, Op::Tell, then(reply))
+                Envelope::new(asker.kind, asker.key, Op::Tell, then(reply))
             }),
         });
+        let Ok(token) = parked else {
+            // Too many asks wait for their replies (`CONTINUATIONS_MAX`).
+            return Err(SendError::Overflow(msg));
+        };
         let env = Envelope::new(kind, key, Op::AskEntity, msg).with_route(self.sender(), token);
         self.svc.send(env).map_err(|env| {
-            let slot = token as usize;
-            self.svc.pending[slot] = None;
-            self.svc.pending_free.push(slot as u32);
+            // Never sent: its continuation never runs.
+            drop(self.svc.take_continuation(token));
             // SAFETY: made just above with `T::Msg`.
             SendError::Overflow(unsafe { env.take::<T::Msg>() })
         })
@@ -153,9 +160,10 @@ impl<'a, E: Entity> Ctx<'a, E> {
 
     /// Sends `msg` to this entity after `delay` on the shard's clock.
     pub fn after(&mut self, delay: Duration, msg: E::Msg) -> TimerId {
-        let deadline = self.svc.now_ns.saturating_add(duration_ns(delay));
-        let env = Envelope::new(self.kind, self.key, Op::Tell, msg).with_route(self.sender(), 0);
-        self.svc.timers.once(deadline, env)
+        let deadline = self.svc.now_ns().saturating_add(duration_ns(delay));
+        let env =
+            Envelope::new(self.id.kind, self.id.key, Op::Tell, msg).with_route(self.sender(), 0);
+        self.svc.timers_mut().once(deadline, env)
     }
 
     /// Sends a clone of `msg` to this entity every `period` (the first after
@@ -165,16 +173,17 @@ impl<'a, E: Entity> Ctx<'a, E> {
         E::Msg: Clone,
     {
         let period_ns = duration_ns(period).max(1);
-        let first = self.svc.now_ns.saturating_add(period_ns);
-        let (kind, key, sender) = (self.kind, self.key, self.sender());
-        let make =
-            Box::new(move || Envelope::new(kind, key, Op::Tell, msg.clone()).with_route(sender, 0));
-        self.svc.timers.every(first, period_ns, kind, key, make)
+        let first = self.svc.now_ns().saturating_add(period_ns);
+        let (id, sender) = (self.id, self.sender());
+        let make = Box::new(move || {
+            Envelope::new(id.kind, id.key, Op::Tell, msg.clone()).with_route(sender, 0)
+        });
+        self.svc.timers_mut().every(first, period_ns, id, make)
     }
 
     /// Cancels a timer. Returns whether it was still pending.
     pub fn cancel(&mut self, timer: TimerId) -> bool {
-        self.svc.timers.cancel(timer)
+        self.svc.timers_mut().cancel(timer)
     }
 
     /// Moves this entity to shard `shard` once the handler returns (at the
@@ -183,11 +192,14 @@ impl<'a, E: Entity> Ctx<'a, E> {
     /// other. Returns `false` (and does nothing) if there is no such shard.
     /// A pinned entity stays where it is.
     pub fn move_to(&mut self, shard: usize) -> bool {
-        if shard >= self.svc.spec.shard_count {
+        if shard >= self.svc.spec().shard_count {
             return false;
         }
-        let mv = crate::migrate::PendingMove::new(self.kind, self.key, shard, None);
-        self.svc.self_moves.push(mv);
+        self.svc.moves_mut().request_own(PendingMove {
+            id: self.id,
+            target: shard,
+            reply: None,
+        });
         true
     }
 
@@ -195,12 +207,12 @@ impl<'a, E: Entity> Ctx<'a, E> {
     /// rebalancer passes it by, until [`Ctx::unpin`]. (For state tied to the
     /// shard, such as a shard-local task's handle.)
     pub fn pin(&mut self) {
-        self.svc.pin((self.kind, self.key), true);
+        self.svc.moves_mut().set_pinned(self.id, true);
     }
 
     /// Lets this entity move again after [`Ctx::pin`].
     pub fn unpin(&mut self) {
-        self.svc.pin((self.kind, self.key), false);
+        self.svc.moves_mut().set_pinned(self.id, false);
     }
 
     /// Deactivates this entity once the handler returns: its state is dropped,

@@ -1,42 +1,61 @@
-//! Delivering one envelope to one entity: find or activate it, run its
-//! handler under `catch_unwind`, route the reply, restart it after a panic;
-//! for durable kinds also the per-entity log bookkeeping (see `durable`).
+//! Layer 4, dispatch: delivering one envelope to one entity — find or
+//! activate it, run its handler under `catch_unwind`, route the reply,
+//! restart it after a panic (a durable one rewinds to the state the last
+//! handler that returned left) — and the per-entity log bookkeeping of
+//! durable kinds. [`Tables`] holds one type-erased [`KindTable`] per kind.
 
+use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::ctx::Ctx;
-use crate::durable::{Codec, DurableMeta, LogRefusal, LogSink};
-use crate::entity::{Entity, KindId};
-use crate::envelope::Envelope;
-use crate::error::AskError;
-use crate::migrate::{Departure, HeatCell};
-use crate::shard::Services;
-use crate::table::{KeyMap, Slot, Table, Vacancy};
+use crate::durable::Codec;
+use crate::entity::Entity;
+use crate::envelope::{Envelope, Op};
+use crate::error::{AskError, RestoreError};
+use crate::hash::KeyMap;
+use crate::id::{EntityId, KindId};
+use crate::limits::{PREFETCH_ENTITIES_MIN, PREFETCH_RUN_MAX};
+use crate::log::state::{LogState, PendingRecord};
+use crate::log::{LogRefusal, LogSink};
+use crate::services::gate::Tombstone;
+use crate::services::heat::HeatCell;
+use crate::services::moves::PendingMove;
+use crate::services::Services;
+use crate::table::{Slot, Table, Vacancy};
 
-/// A table with fewer entities stays in the core's cache (for small states
-/// its index and slab fit in 2 MiB of L2), so prefetching its lines would
-/// only cost time (the pass that gathers keys for it included).
-const PREFETCH_ENTITIES_MIN: usize = 1 << 15;
+/// What a durable entity's log state becomes when it leaves its shard.
+pub(crate) struct DepartedLog {
+    /// Its kind's stable hash.
+    pub(crate) kind_hash: u64,
+    /// Version of its last record.
+    pub(crate) version: u64,
+    /// Its last logged encoding, if it was ever logged.
+    pub(crate) logged: Option<Vec<u8>>,
+}
+
+/// An entity's value and bookkeeping on its way out of its table.
+pub(crate) struct Departure {
+    pub(crate) state: Box<dyn Any + Send>,
+    pub(crate) heat: HeatCell,
+    /// Durable kinds only.
+    pub(crate) log: Option<DepartedLog>,
+}
 
 /// A kind's table with its type erased, so a shard can hold one per kind.
-pub trait ErasedTable {
+pub(crate) trait ErasedTable {
     /// Handles `env` (a `Tell`, `AskClient` or `AskEntity` for this kind).
     /// When the entity is not live here and `activate` is false, hands the
     /// envelope back untouched instead of activating it (it may live on
     /// another shard).
     fn deliver(&mut self, env: Envelope, svc: &mut Services, activate: bool) -> Option<Envelope>;
     /// Starts loading the index lines `deliver` will read first for entities
-    /// `keys` (see [`Shard::prefetch`](crate::Shard::prefetch)).
+    /// `keys` (see [`Shard::prefetch`](crate::driver::Shard::prefetch)).
     fn prefetch(&self, keys: &[u64]);
     /// Whether the table is too big for the cache, so [`Self::prefetch`]
     /// does something.
     fn prefetch_pays(&self) -> bool;
     /// Live entities.
     fn len(&self) -> usize;
-    /// Whether there is no live entity.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
     /// Bytes used beyond the entities' states.
     fn overhead_bytes(&self) -> usize;
     /// Whether the kind is durable.
@@ -50,15 +69,21 @@ pub trait ErasedTable {
     fn log_dirty(&mut self, key: u64, sink: &mut dyn LogSink) -> Result<Option<u64>, LogRefusal>;
     /// Record `lsn` of entity `key` is durable (`true`) or failed (`false`).
     fn resolve(&mut self, key: u64, lsn: u64, durable: bool);
-    /// Puts a recovered entity in the table.
+    /// Puts a recovered entity in the table. With `relog`, the entity is
+    /// logged again at the end of the next pass (it came from another
+    /// shard's log).
     ///
     /// # Errors
     ///
-    /// The codec's message when `bytes` do not decode.
-    /// With `relog`, the entity is logged again at the end of the next pass
-    /// (it came from another shard's log). Returns whether it must be marked
-    /// dirty.
-    fn restore(&mut self, key: u64, version: u64, bytes: &[u8], relog: bool) -> Result<(), String>;
+    /// When the kind is not durable, the key is already here, or `bytes` do
+    /// not decode.
+    fn restore(
+        &mut self,
+        key: u64,
+        version: u64,
+        bytes: &[u8],
+        relog: bool,
+    ) -> Result<(), RestoreError>;
     /// Remembers a recovered deletion, so the key's next life logs a higher version.
     fn restore_tombstone(&mut self, key: u64, version: u64);
     /// Runs [`Entity::recovered`] on every entity.
@@ -94,7 +119,7 @@ pub trait ErasedTable {
 struct DurableSide<E> {
     codec: Codec<E>,
     /// `meta[slot]` belongs to the entity in `slot` (same swap-removes).
-    meta: Vec<DurableMeta>,
+    meta: Vec<LogState>,
     /// Versions of deleted entities, so a new life starts above them.
     retired: KeyMap<u64>,
     scratch: Vec<u8>,
@@ -113,6 +138,7 @@ struct Live<E> {
     state: E,
 }
 
+/// The table of kind `E` on one shard, with its log bookkeeping if durable.
 pub(crate) struct KindTable<E: Entity> {
     kind: KindId,
     hash: u64,
@@ -143,7 +169,7 @@ impl<E: Entity> KindTable<E> {
         key: u64,
         state: E,
         vacancy: Option<Vacancy>,
-        meta: impl FnOnce(&mut KeyMap<u64>) -> DurableMeta,
+        meta: impl FnOnce(&mut KeyMap<u64>) -> LogState,
     ) -> Slot {
         let live = Live {
             heat: HeatCell::default(),
@@ -187,7 +213,9 @@ impl<E: Entity> KindTable<E> {
                 }
                 // The state does not decode its own encoding: its changes of
                 // this pass are lost, so nothing they emitted may go out.
-                Err(_) => svc.fail_pass_outputs_of((self.kind, key), AskError::Panicked),
+                Err(_) => {
+                    svc.fail_pass_outputs_of(EntityId::new(self.kind, key), AskError::Panicked)
+                }
             }
         }
         self.rewind(slot)
@@ -223,6 +251,7 @@ impl<E: Entity> ErasedTable for KindTable<E> {
     fn deliver(&mut self, env: Envelope, svc: &mut Services, activate: bool) -> Option<Envelope> {
         debug_assert_eq!(env.kind, self.kind);
         let (key, op, sender, token) = (env.key, env.op, env.sender, env.token);
+        let id = EntityId::new(self.kind, key);
         let found = self.table.find_or_vacancy(key);
         if found.is_err() && !activate {
             return Some(env);
@@ -236,15 +265,15 @@ impl<E: Entity> ErasedTable for KindTable<E> {
             Ok(slot) => slot,
             Err(vacancy) => match catch_unwind(|| E::activate(key)) {
                 Ok(state) => {
-                    svc.counters.activations += 1;
-                    self.insert(key, state, Some(vacancy), |retired| DurableMeta {
+                    svc.counters_mut().activations += 1;
+                    self.insert(key, state, Some(vacancy), |retired| LogState {
                         version: retired.remove(&key).unwrap_or(0),
-                        ..DurableMeta::default()
+                        ..LogState::default()
                     })
                 }
                 Err(_) => {
-                    svc.counters.panics += 1;
-                    svc.fail(op, sender, token, self.kind, key, AskError::Panicked);
+                    svc.counters_mut().panics += 1;
+                    svc.fail(op, sender, token, id, AskError::Panicked);
                     return None;
                 }
             },
@@ -253,8 +282,9 @@ impl<E: Entity> ErasedTable for KindTable<E> {
         // smoothed figure happens on an entity's first message of a window.
         let live = self.table.get_mut(slot);
         let cell = &mut live.heat;
-        if cell.window != svc.window {
-            let heat = cell.roll(svc.window);
+        let window = svc.heat().window();
+        if cell.window != window {
+            let heat = cell.roll(window);
             svc.offer_hot(heat, self.kind, key);
         }
         cell.count += 1;
@@ -270,44 +300,47 @@ impl<E: Entity> ErasedTable for KindTable<E> {
             }
         }
         // Everything a durable handler emits waits for the log (the output gate).
-        svc.gate = durable;
-        svc.gate_from = (self.kind, key);
-        let mut ctx = Ctx::<E>::new(svc, self.kind, key);
+        svc.gate_mut().set(durable, id);
+        let mut ctx = Ctx::<E>::new(svc, id);
         let state = &mut live.state;
         let outcome = catch_unwind(AssertUnwindSafe(|| state.handle(msg, &mut ctx)));
         let stop = ctx.stop_requested();
-        svc.counters.handled += 1;
+        svc.counters_mut().handled += 1;
         match outcome {
             Ok(reply) => {
                 if stop {
                     if let Some(d) = &mut self.durable {
                         let version = d.meta[slot].version + 1;
                         d.retired.insert(key, version);
-                        svc.tombstones.push((self.hash, key, version));
+                        svc.gate_mut().push_tombstone(Tombstone {
+                            kind_hash: self.hash,
+                            key,
+                            version,
+                        });
                     }
-                    svc.timers.cancel_owned_by(self.kind, key);
+                    svc.timers_mut().cancel_owned_by(id);
                     drop_state(self.remove(slot), svc);
                 } else if let Some(d) = &mut self.durable {
                     let meta = &mut d.meta[slot];
                     if !meta.dirty {
                         meta.dirty = true;
-                        svc.dirty.push((self.kind, key));
+                        svc.gate_mut().mark_dirty(id);
                     }
                 }
-                svc.answer(op, sender, token, self.kind, key, reply);
+                svc.answer(op, sender, token, id, reply);
             }
             Err(_) => {
-                svc.counters.panics += 1;
-                svc.timers.cancel_owned_by(self.kind, key);
+                svc.counters_mut().panics += 1;
+                svc.timers_mut().cancel_owned_by(id);
                 if !durable {
                     drop_state(self.remove(slot), svc);
                 } else if self.restart_durable(slot, svc) {
-                    svc.counters.deactivations += 1;
+                    svc.counters_mut().deactivations += 1;
                 }
-                svc.fail(op, sender, token, self.kind, key, AskError::Panicked);
+                svc.fail(op, sender, token, id, AskError::Panicked);
             }
         }
-        svc.gate = false;
+        svc.gate_mut().open();
         None
     }
 
@@ -342,15 +375,15 @@ impl<E: Entity> ErasedTable for KindTable<E> {
         }
         match catch_unwind(|| E::activate(key)) {
             Ok(state) => {
-                svc.counters.activations += 1;
-                self.insert(key, state, None, |retired| DurableMeta {
+                svc.counters_mut().activations += 1;
+                self.insert(key, state, None, |retired| LogState {
                     version: retired.remove(&key).unwrap_or(0),
-                    ..DurableMeta::default()
+                    ..LogState::default()
                 });
                 true
             }
             Err(_) => {
-                svc.counters.panics += 1;
+                svc.counters_mut().panics += 1;
                 false
             }
         }
@@ -359,16 +392,20 @@ impl<E: Entity> ErasedTable for KindTable<E> {
     fn depart(&mut self, key: u64, svc: &mut Services) -> Option<Departure> {
         let slot = self.table.find(key)?;
         let mut heat = self.table.get_mut(slot).heat;
-        heat.roll(svc.window);
-        let durable = self.durable.as_ref().map(|d| {
+        heat.roll(svc.heat().window());
+        let log = self.durable.as_ref().map(|d| {
             let meta = &d.meta[slot];
-            (self.hash, meta.version, meta.logged().map(<[u8]>::to_vec))
+            DepartedLog {
+                kind_hash: self.hash,
+                version: meta.version,
+                logged: meta.logged().map(<[u8]>::to_vec),
+            }
         });
         let state = self.remove(slot);
         Some(Departure {
             state: Box::new(state),
             heat,
-            durable,
+            log,
         })
     }
 
@@ -377,24 +414,24 @@ impl<E: Entity> ErasedTable for KindTable<E> {
             Ok(state) => *state,
             Err(_) => unreachable!("a migrant of kind {} is not an {}", self.kind, E::KIND),
         };
-        let (version, logged) = match d.durable {
-            Some((_, version, logged)) => (version, logged),
+        let (version, logged) = match d.log {
+            Some(log) => (log.version, log.logged),
             None => (0, None),
         };
         let durable = self.durable.is_some();
         let slot = self.insert(key, state, None, |retired| {
             retired.remove(&key);
-            DurableMeta {
+            LogState {
                 version,
-                durable: logged,
+                durable_copy: logged,
                 dirty: true,
                 relog: true,
-                ..DurableMeta::default()
+                ..LogState::default()
             }
         });
         self.table.get_mut(slot).heat = d.heat;
         if durable {
-            svc.dirty.push((self.kind, key));
+            svc.gate_mut().mark_dirty(EntityId::new(self.kind, key));
         }
     }
 
@@ -411,10 +448,10 @@ impl<E: Entity> ErasedTable for KindTable<E> {
 
     fn overhead_bytes(&self) -> usize {
         let meta = self.durable.as_ref().map_or(0, |d| {
-            d.meta.capacity() * std::mem::size_of::<DurableMeta>()
+            d.meta.capacity() * std::mem::size_of::<LogState>()
                 + d.meta
                     .iter()
-                    .map(|m| m.durable.as_ref().map_or(0, Vec::capacity))
+                    .map(|m| m.durable_copy.as_ref().map_or(0, Vec::capacity))
                     .sum::<usize>()
         });
         let heat = self.table.len() * (std::mem::size_of::<Live<E>>() - std::mem::size_of::<E>());
@@ -443,7 +480,10 @@ impl<E: Entity> ErasedTable for KindTable<E> {
         meta.version += 1;
         match sink.append_state(self.hash, key, meta.version, &d.scratch) {
             Ok(lsn) => {
-                meta.pending.push((lsn, std::mem::take(&mut d.scratch)));
+                meta.pending.push(PendingRecord {
+                    lsn,
+                    bytes: std::mem::take(&mut d.scratch),
+                });
                 Ok(Some(lsn))
             }
             Err(refusal) => {
@@ -466,20 +506,34 @@ impl<E: Entity> ErasedTable for KindTable<E> {
         }
     }
 
-    fn restore(&mut self, key: u64, version: u64, bytes: &[u8], relog: bool) -> Result<(), String> {
-        let d = self.durable.as_ref().ok_or("the kind is not durable")?;
+    fn restore(
+        &mut self,
+        key: u64,
+        version: u64,
+        bytes: &[u8],
+        relog: bool,
+    ) -> Result<(), RestoreError> {
+        let kind = E::KIND;
+        let d = self
+            .durable
+            .as_ref()
+            .ok_or(RestoreError::NotDurable { kind })?;
         if self.table.find(key).is_some() {
-            return Err(format!("key {key} recovered twice"));
+            return Err(RestoreError::Duplicate { kind, key });
         }
-        let state = (d.codec.decode)(key, bytes)?;
+        let state = (d.codec.decode)(key, bytes).map_err(|source| RestoreError::Decode {
+            kind,
+            key,
+            source,
+        })?;
         self.insert(key, state, None, |retired| {
             retired.remove(&key);
-            DurableMeta {
+            LogState {
                 version,
-                durable: Some(bytes.to_vec()),
+                durable_copy: Some(bytes.to_vec()),
                 dirty: relog,
                 relog,
-                ..DurableMeta::default()
+                ..LogState::default()
             }
         });
         Ok(())
@@ -494,13 +548,13 @@ impl<E: Entity> ErasedTable for KindTable<E> {
     fn run_recovered(&mut self, svc: &mut Services) {
         for slot in 0..self.table.len() {
             let key = self.table.key_at(slot);
-            let mut ctx = Ctx::<E>::new(svc, self.kind, key);
+            let mut ctx = Ctx::<E>::new(svc, EntityId::new(self.kind, key));
             let state = &mut self.table.get_mut(slot).state;
             let outcome = catch_unwind(AssertUnwindSafe(|| state.recovered(&mut ctx)));
             // A recovered entity stays live whatever the hook asked.
             let _ = ctx.stop_requested();
             if outcome.is_err() {
-                svc.counters.panics += 1;
+                svc.counters_mut().panics += 1;
             }
         }
     }
@@ -524,8 +578,235 @@ impl<E: Entity> ErasedTable for KindTable<E> {
 
 /// Drops a deactivated entity; a panicking `Drop` must not take the shard down.
 fn drop_state<E>(state: E, svc: &mut Services) {
-    svc.counters.deactivations += 1;
+    svc.counters_mut().deactivations += 1;
     if catch_unwind(AssertUnwindSafe(move || drop(state))).is_err() {
-        svc.counters.panics += 1;
+        svc.counters_mut().panics += 1;
+    }
+}
+
+/// The entity tables of one shard, one per registered kind, indexed by
+/// [`KindId`].
+pub(crate) struct Tables {
+    list: Vec<Box<dyn ErasedTable>>,
+}
+
+impl Tables {
+    pub(crate) fn new(list: Vec<Box<dyn ErasedTable>>) -> Self {
+        Tables { list }
+    }
+
+    /// Hands an addressed envelope to its entity on this shard (a move
+    /// request to the shard's moves); when the entity is not live here and
+    /// `activate` is false, hands it back.
+    #[inline]
+    pub(crate) fn deliver_here_if(
+        &mut self,
+        env: Envelope,
+        svc: &mut Services,
+        activate: bool,
+    ) -> Option<Envelope> {
+        debug_assert!(env.status == 0 && !matches!(env.op, Op::Switch | Op::Rejoin));
+        if env.op == Op::Migrate {
+            svc.moves_mut().request(PendingMove::of_request(&env));
+            return None;
+        }
+        let kind = env.kind as usize;
+        debug_assert!(kind < self.list.len(), "envelope of unknown kind");
+        self.list[kind].deliver(env, svc, activate)
+    }
+
+    /// Hands an addressed envelope to its entity on this shard, activating it
+    /// if needed.
+    #[inline]
+    pub(crate) fn deliver_here(&mut self, env: Envelope, svc: &mut Services) {
+        if let Some(env) = self.deliver_here_if(env, svc, true) {
+            unreachable!("{env:?} was not delivered");
+        }
+    }
+
+    /// The table of `kind`.
+    ///
+    /// # Panics
+    ///
+    /// If `kind` is not registered.
+    #[inline]
+    pub(crate) fn get(&self, kind: KindId) -> &dyn ErasedTable {
+        self.list[kind as usize].as_ref()
+    }
+
+    /// The table of `kind`.
+    ///
+    /// # Panics
+    ///
+    /// If `kind` is not registered.
+    #[inline]
+    pub(crate) fn get_mut(&mut self, kind: KindId) -> &mut dyn ErasedTable {
+        self.list[kind as usize].as_mut()
+    }
+
+    /// The table of `kind`, if registered.
+    #[inline]
+    pub(crate) fn try_get(&self, kind: KindId) -> Option<&dyn ErasedTable> {
+        self.list.get(kind as usize).map(|t| t.as_ref())
+    }
+
+    /// Every table, in kind order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &dyn ErasedTable> {
+        self.list.iter().map(|t| t.as_ref())
+    }
+
+    /// Starts loading the index lines deliveries to `targets` will read
+    /// first; runs of one kind go to their table in one call.
+    #[inline]
+    pub(crate) fn prefetch(&self, targets: impl IntoIterator<Item = EntityId>) {
+        if !self.list.iter().any(|t| t.prefetch_pays()) {
+            return;
+        }
+        let mut run = [0u64; PREFETCH_RUN_MAX];
+        let (mut kind, mut len) = (0, 0);
+        for id in targets {
+            if len == PREFETCH_RUN_MAX || (len > 0 && id.kind != kind) {
+                self.prefetch_run(kind, &run[..len]);
+                len = 0;
+            }
+            kind = id.kind;
+            run[len] = id.key;
+            len += 1;
+        }
+        if len > 0 {
+            self.prefetch_run(kind, &run[..len]);
+        }
+    }
+
+    #[inline]
+    fn prefetch_run(&self, kind: KindId, keys: &[u64]) {
+        if let Some(table) = self.list.get(kind as usize) {
+            table.prefetch(keys);
+        }
+    }
+
+    /// Appends every dirty durable entity whose encoding changed, once.
+    /// Returns the last refusal, if any (its entity is back at its last
+    /// logged state).
+    pub(crate) fn log_dirty(
+        &mut self,
+        svc: &mut Services,
+        sink: &mut dyn LogSink,
+    ) -> Option<LogRefusal> {
+        let dirty = svc.gate_mut().take_dirty();
+        let mut failed = None;
+        for &id in &dirty {
+            match self.list[id.kind as usize].log_dirty(id.key, sink) {
+                Ok(Some(lsn)) => {
+                    svc.counters_mut().records_logged += 1;
+                    svc.gate_mut().note_appended(lsn, id);
+                }
+                Ok(None) => {}
+                Err(refusal) => {
+                    svc.counters_mut().records_failed += 1;
+                    failed = Some(refusal);
+                }
+            }
+        }
+        svc.gate_mut().return_dirty(dirty);
+        failed
+    }
+
+    /// Records below `lsn_end` are durable: their entities' durable copies
+    /// advance.
+    pub(crate) fn durable_through(&mut self, svc: &mut Services, lsn_end: u64) {
+        while let Some(r) = svc.gate_mut().pop_inflight_below(lsn_end) {
+            self.list[r.id.kind as usize].resolve(r.id.key, r.lsn, true);
+        }
+    }
+
+    /// Records in `lsns` failed (those below are durable): their entities go
+    /// back to their last durable state.
+    pub(crate) fn failed(&mut self, svc: &mut Services, lsns: std::ops::Range<u64>) {
+        while let Some(r) = svc.gate_mut().pop_inflight_below(lsns.end) {
+            let ok = r.lsn < lsns.start;
+            self.list[r.id.kind as usize].resolve(r.id.key, r.lsn, ok);
+            if !ok {
+                svc.counters_mut().records_failed += 1;
+            }
+        }
+    }
+
+    /// Puts a recovered entity in its table; a `foreign` one is logged again
+    /// at the end of the first pass.
+    pub(crate) fn restore(
+        &mut self,
+        svc: &mut Services,
+        kind_hash: u64,
+        key: u64,
+        version: u64,
+        bytes: &[u8],
+        foreign: bool,
+    ) -> Result<(), RestoreError> {
+        let kind = svc
+            .kinds()
+            .id_of_hash(kind_hash)
+            .ok_or(RestoreError::UnknownKind { kind_hash })?;
+        self.list[kind as usize].restore(key, version, bytes, foreign)?;
+        if foreign {
+            svc.gate_mut().mark_dirty(EntityId::new(kind, key));
+        }
+        Ok(())
+    }
+
+    /// Remembers a recovered deletion; a `foreign` one is logged again here.
+    pub(crate) fn restore_tombstone(
+        &mut self,
+        svc: &mut Services,
+        kind_hash: u64,
+        key: u64,
+        version: u64,
+        foreign: bool,
+    ) {
+        if let Some(kind) = svc.kinds().id_of_hash(kind_hash) {
+            self.list[kind as usize].restore_tombstone(key, version);
+            if foreign {
+                svc.gate_mut().push_tombstone(Tombstone {
+                    kind_hash,
+                    key,
+                    version,
+                });
+            }
+        }
+    }
+
+    /// Runs every recovered entity's [`Entity::recovered`] hook.
+    pub(crate) fn run_recovered(&mut self, svc: &mut Services) {
+        for table in &mut self.list {
+            table.run_recovered(svc);
+        }
+    }
+
+    /// Appends every table's checkpoint records. Returns how many.
+    pub(crate) fn checkpoint(&mut self, sink: &mut dyn LogSink) -> Result<usize, LogRefusal> {
+        let mut n = 0;
+        for table in &mut self.list {
+            n += table.checkpoint(sink)?;
+        }
+        Ok(n)
+    }
+}
+
+/// Runs the continuation waiting for `reply` and sends its message to the
+/// asker, through its home (it may have moved since it asked). A panicking
+/// continuation is counted and its message lost, as a handler's would be.
+pub(crate) fn resume(svc: &mut Services, reply: Envelope) {
+    let Some(c) = svc.take_continuation(reply.token) else {
+        debug_assert!(false, "reply for a continuation that does not exist");
+        return;
+    };
+    let result = match reply.error_status() {
+        Some(err) => Err(err),
+        None => Ok(reply),
+    };
+    let (asker, call) = (c.asker, c.call);
+    match catch_unwind(AssertUnwindSafe(move || call(result, asker))) {
+        Ok(msg) => svc.send_home(msg),
+        Err(_) => svc.counters_mut().panics += 1,
     }
 }

@@ -1,4 +1,5 @@
-//! The envelope: what travels on every ring, 64 bytes, one cache line.
+//! Layer 1, data: the envelope, what travels on every ring, 64 bytes, one
+//! cache line. The only code in the crate that stores payloads untyped.
 //!
 //! A message of any type travels type-erased: small messages (up to
 //! [`INLINE_BYTES`], alignment up to 8) are copied into the envelope itself, so
@@ -14,8 +15,9 @@
 
 use std::mem::{align_of, needs_drop, size_of, ManuallyDrop, MaybeUninit};
 
-use crate::entity::KindId;
 use crate::error::AskError;
+use crate::id::{KindId, SenderId, CLIENT_BIT};
+use crate::limits::{MAX_SHARDS, STREAM_TAG_BITS};
 
 /// Bytes of message payload stored inline in an envelope: room for a
 /// `String` or `Vec` (24 bytes) or four words.
@@ -66,7 +68,7 @@ pub enum Op {
     /// messages may still wait.
     Fence = 10,
     /// Routing: a shard that sends to the entity changed its route to it
-    /// (see `routes`). Travels the old route, behind everything the shard
+    /// (see `services::route_cache`). Travels the old route, behind everything the shard
     /// sent that way, and is routed like a message; the entity's owner then
     /// handles what the shard sent the new way. No payload; the stream tag
     /// names the shard.
@@ -105,22 +107,18 @@ pub const STRAGGLER: u8 = 0x80;
 
 /// Set in [`Envelope::status`] of a message its sending shard addressed to
 /// the shard its route cache names rather than to the entity's home (see
-/// `routes`). Kept when the message is forwarded: it says which of the
+/// `services::route_cache`). Kept when the message is forwarded: it says which of the
 /// sending shard's routes the message took.
 pub const DIRECT: u8 = 0x20;
+
+/// Set in [`Envelope::status`] of a message a home shard forwarded to the
+/// entity's current owner elsewhere.
+pub const REROUTED: u8 = 0x40;
 
 /// Bits of [`Envelope::token`] left to the token itself in messages shards
 /// send; the bits above carry the sending shard's stream tag.
 pub const TOKEN_MASK: u64 = (1 << STREAM_SHIFT) - 1;
-const STREAM_SHIFT: u32 = 48;
-/// Most shards an engine may have (the stream tag is 16 bits).
-pub const MAX_SHARDS: usize = (1 << (64 - STREAM_SHIFT)) - 1;
-
-/// Identifies who sent an envelope: a shard index, or a client slot with the
-/// top bit set.
-pub type SenderId = u32;
-/// The bit that marks a [`SenderId`] as a client.
-pub const CLIENT_BIT: SenderId = 1 << 31;
+const STREAM_SHIFT: u32 = 64 - STREAM_TAG_BITS;
 
 /// One message in flight. Exactly one cache line.
 ///
@@ -208,7 +206,7 @@ impl Envelope {
     }
 
     /// Wraps `msg` for entity `key` of `kind` with any operation, for tests
-    /// and tools that drive a [`Shard`](crate::Shard) by hand. Programs use
+    /// and tools that drive a [`Shard`](crate::driver::Shard) by hand. Programs use
     /// [`Kinds::message`](crate::Kinds::message), which ties the payload type
     /// to the kind.
     ///
@@ -217,7 +215,7 @@ impl Envelope {
     /// The payload must be what the receiver reads for `op`: for a message
     /// (`Tell`, `AskClient`, `AskEntity`) the `Msg` type of the entity type
     /// registered as `kind`; for a reply its `Reply` type; for `Migrate` a
-    /// [`MoveRequest`](crate::MoveRequest); others are the engine's own.
+    /// [`MoveRequest`](crate::driver::MoveRequest); others are the engine's own.
     #[inline]
     pub unsafe fn new_unchecked<M: Send + 'static>(kind: KindId, key: u64, op: Op, msg: M) -> Self {
         Self::new(kind, key, op, msg)
@@ -253,7 +251,7 @@ impl Envelope {
     }
 
     /// Tags a message as part of shard `shard`'s stream to its entity: the
-    /// shard that put it on a route (see `routes`). Kept in the top bits of
+    /// shard that put it on a route (see `services::route_cache`). Kept in the top bits of
     /// the token; the rest keeps the token itself.
     #[inline]
     pub(crate) fn set_stream(&mut self, shard: usize) {

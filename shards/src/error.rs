@@ -1,4 +1,8 @@
-//! Errors an entity's sends and asks can meet.
+//! Layer 0, vocabulary: every error of the crate, as values with structure:
+//! what an entity's sends and asks can meet ([`AskError`], [`SendError`]), why
+//! a durable state does not decode ([`DecodeError`]), why a recovered entity
+//! could not be restored ([`RestoreError`]), and a kind registered twice
+//! ([`DuplicateKind`]).
 
 use std::fmt;
 
@@ -124,6 +128,141 @@ impl<M> fmt::Display for SendError<M> {
 }
 
 impl<M> std::error::Error for SendError<M> {}
+
+/// Why bytes are not a valid durable state: what
+/// [`DurableState::decode`](crate::DurableState::decode) returns. Build one
+/// from a message that says what was wrong with the bytes.
+///
+/// # Example
+///
+/// ```
+/// use percore_shards::DecodeError;
+///
+/// let err = DecodeError::new("3 bytes, expected 8");
+/// assert_eq!(err.to_string(), "3 bytes, expected 8");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError {
+    message: String,
+}
+
+impl DecodeError {
+    /// An error saying `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        DecodeError {
+            message: message.into(),
+        }
+    }
+
+    /// What was wrong with the bytes.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<String> for DecodeError {
+    fn from(message: String) -> Self {
+        DecodeError { message }
+    }
+}
+
+impl From<&str> for DecodeError {
+    fn from(message: &str) -> Self {
+        DecodeError::new(message)
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Why a recovered entity could not be put back in its shard
+/// ([`Shard::restore`](crate::driver::Shard::restore)).
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreError {
+    /// No registered kind's name hashes to `kind_hash`: the program that
+    /// wrote the log registered a kind this one does not.
+    UnknownKind {
+        /// The kind hash found in the log.
+        kind_hash: u64,
+    },
+    /// The kind is registered, but not as durable.
+    NotDurable {
+        /// The kind's name.
+        kind: &'static str,
+    },
+    /// The same entity was recovered twice (a bug in the recovery fold).
+    Duplicate {
+        /// The kind's name.
+        kind: &'static str,
+        /// The entity's key.
+        key: u64,
+    },
+    /// The state's bytes do not decode.
+    Decode {
+        /// The kind's name.
+        kind: &'static str,
+        /// The entity's key.
+        key: u64,
+        /// Why the bytes are not a state.
+        source: DecodeError,
+    },
+}
+
+impl fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestoreError::UnknownKind { kind_hash } => write!(
+                f,
+                "no registered kind has hash {kind_hash:#x} (register every durable kind the log holds)"
+            ),
+            RestoreError::NotDurable { kind } => write!(
+                f,
+                "kind {kind:?} has records in the log but is not registered as durable"
+            ),
+            RestoreError::Duplicate { kind, key } => {
+                write!(f, "entity {key} of kind {kind:?} was recovered twice")
+            }
+            RestoreError::Decode { kind, key, source } => write!(
+                f,
+                "the state of entity {key} of kind {kind:?} does not decode: {source}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RestoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RestoreError::Decode { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Two registrations under one kind name (or the same type twice).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DuplicateKind {
+    /// The name registered twice.
+    pub name: &'static str,
+}
+
+impl fmt::Display for DuplicateKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "entity kind name {:?} is registered twice; every kind needs its own `KIND` name",
+            self.name
+        )
+    }
+}
+
+impl std::error::Error for DuplicateKind {}
 
 #[cfg(test)]
 mod tests {

@@ -1,55 +1,39 @@
-//! The registry of entity kinds: built once before the engine starts, then
-//! shared read-only by every shard, so a `KindId` means the same on all of them.
+//! Layer 4, dispatch: the registry of entity kinds users fill — built once
+//! before the engine starts, then shared read-only by every shard, so a
+//! `KindId` means the same on all of them. Beside each kind's name, hash and
+//! type (the [`KindInfo`] every shard shares) it keeps the kind's table
+//! factory, the one place that knows the kind's Rust type.
 
 use std::any::TypeId;
 use std::fmt;
+use std::sync::Arc;
 
-use crate::dispatch::{ErasedTable, KindTable};
+use crate::dispatch::{ErasedTable, KindTable, Tables};
 use crate::durable::Codec;
-use crate::entity::{home_shard, kind_hash, Entity, KindId};
+use crate::entity::Entity;
 use crate::envelope::{Envelope, Op};
-use crate::migrate::MoveRequest;
+use crate::error::DuplicateKind;
+use crate::hash::kind_hash;
+use crate::id::KindId;
+use crate::kind_index::{KindIndex, KindInfo};
+use crate::limits::MAX_KINDS;
+use crate::services::moves::MoveRequest;
 
-/// What the registry knows of one kind.
-pub struct KindInfo {
-    /// The kind's stable name, [`Entity::KIND`].
-    pub name: &'static str,
-    /// [`kind_hash`] of the name.
-    pub hash: u64,
-    /// Whether its entities are logged.
-    pub durable: bool,
-    type_id: TypeId,
-    make_table: Box<dyn Fn(KindId) -> Box<dyn ErasedTable> + Send + Sync>,
-}
-
-/// Two registrations under one kind name (or the same type twice).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DuplicateKind {
-    /// The name registered twice.
-    pub name: &'static str,
-}
-
-impl fmt::Display for DuplicateKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "entity kind name {:?} is registered twice; every kind needs its own `KIND` name",
-            self.name
-        )
-    }
-}
-
-impl std::error::Error for DuplicateKind {}
+/// Makes a kind's table (its type known only here).
+type TableMaker = Box<dyn Fn(KindId) -> Box<dyn ErasedTable> + Send + Sync>;
 
 /// The registered kinds, indexed by [`KindId`].
 #[derive(Default)]
 pub struct Kinds {
-    list: Vec<KindInfo>,
+    /// Names, hashes and types; shared with every shard.
+    index: Arc<KindIndex>,
+    /// `makers[id]` makes the table of kind `id`.
+    makers: Vec<TableMaker>,
 }
 
 impl Kinds {
     /// Most kinds one engine may register ([`KindId`] is 16 bits).
-    pub const MAX: usize = u16::MAX as usize;
+    pub const MAX: usize = MAX_KINDS;
 
     /// An empty registry.
     pub fn new() -> Self {
@@ -84,46 +68,43 @@ impl Kinds {
 
     /// Whether any registered kind is durable.
     pub fn any_durable(&self) -> bool {
-        self.list.iter().any(|k| k.durable)
+        self.index.iter().any(|k| k.durable)
     }
 
     /// The kind whose name hashes to `hash`, if registered.
     pub fn id_of_hash(&self, hash: u64) -> Option<KindId> {
-        self.list
-            .iter()
-            .position(|k| k.hash == hash)
-            .map(|i| i as KindId)
+        self.index.id_of_hash(hash)
     }
 
     fn add<E: Entity>(&mut self, codec: Option<Codec<E>>) -> Result<KindId, DuplicateKind> {
         let hash = kind_hash(E::KIND);
         if self
-            .list
+            .index
             .iter()
             .any(|k| k.hash == hash || k.type_id == TypeId::of::<E>() || k.name == E::KIND)
         {
             return Err(DuplicateKind { name: E::KIND });
         }
-        assert!(self.list.len() < Self::MAX, "too many entity kinds");
-        self.list.push(KindInfo {
+        assert!(self.index.len() < Self::MAX, "too many entity kinds");
+        // Registration happens before any shard shares the index; should one
+        // already, the registry gets its own copy.
+        let id = Arc::make_mut(&mut self.index).push(KindInfo {
             name: E::KIND,
             hash,
             durable: codec.is_some(),
             type_id: TypeId::of::<E>(),
-            make_table: Box::new(move |kind| Box::new(KindTable::<E>::new(kind, hash, codec))),
         });
-        Ok((self.list.len() - 1) as KindId)
+        self.makers.push(Box::new(move |kind| {
+            Box::new(KindTable::<E>::new(kind, hash, codec))
+        }));
+        Ok(id)
     }
 
     /// The id of kind `E`, if registered. A linear scan of type ids: engines
     /// register a handful of kinds, and the scan beats hashing at that size.
     #[inline]
     pub fn id_of<E: Entity>(&self) -> Option<KindId> {
-        let wanted = TypeId::of::<E>();
-        self.list
-            .iter()
-            .position(|k| k.type_id == wanted)
-            .map(|i| i as KindId)
+        self.index.id_of::<E>()
     }
 
     /// The envelope of message `msg` for entity `key` of kind `E`, with
@@ -166,43 +147,51 @@ impl Kinds {
     /// If `id` was not handed out by this registry.
     #[inline]
     pub fn get(&self, id: KindId) -> &KindInfo {
-        &self.list[id as usize]
+        self.index.get(id)
     }
 
     /// Number of registered kinds.
     pub fn len(&self) -> usize {
-        self.list.len()
+        self.index.len()
     }
 
     /// Whether no kind is registered.
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.index.len() == 0
     }
 
     /// Every registered kind, in id order.
     pub fn iter(&self) -> impl Iterator<Item = &KindInfo> {
-        self.list.iter()
+        self.index.iter()
     }
 
     /// The shard that owns `key` of `kind` among `shard_count`.
     #[inline]
     pub fn home_shard(&self, kind: KindId, key: u64, shard_count: usize) -> usize {
-        home_shard(self.list[kind as usize].hash, key, shard_count)
+        self.index.home_shard(kind, key, shard_count)
     }
 
-    pub(crate) fn make_tables(&self) -> Vec<Box<dyn ErasedTable>> {
-        self.list
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.make_table)(i as KindId))
-            .collect()
+    /// The names, hashes and types, to share with a shard.
+    pub(crate) fn index(&self) -> Arc<KindIndex> {
+        Arc::clone(&self.index)
+    }
+
+    /// A fresh table for every kind, in id order.
+    pub(crate) fn make_tables(&self) -> Tables {
+        Tables::new(
+            self.makers
+                .iter()
+                .enumerate()
+                .map(|(i, make)| make(i as KindId))
+                .collect(),
+        )
     }
 }
 
 impl fmt::Debug for Kinds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.list.iter().map(|k| k.name))
+            .entries(self.index.iter().map(|k| k.name))
             .finish()
     }
 }

@@ -24,12 +24,17 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::envelope::{SenderId, CLIENT_BIT};
-use crate::recovery::{EntityId, Fold};
-use crate::{
-    AskError, Entity, Envelope, KindId, Kinds, LogRefusal, LogSink, MoveRequest, Op,
-    RebalancePolicy, Shard, ShardSpec,
-};
+use crate::entity::Entity;
+use crate::envelope::{Envelope, Op};
+use crate::error::AskError;
+use crate::id::{KindId, SenderId, CLIENT_BIT};
+use crate::kinds::Kinds;
+use crate::log::fold::{Fold, StoredId};
+use crate::log::{LogRefusal, LogSink};
+use crate::rebalance::RebalancePolicy;
+use crate::services::moves::MoveRequest;
+use crate::services::ShardSpec;
+use crate::shard::Shard;
 
 /// splitmix64: a small seeded generator, so a failing seed replays exactly.
 #[derive(Clone, Debug)]
@@ -273,7 +278,7 @@ pub fn client_id(client: usize) -> SenderId {
 /// # Safety
 ///
 /// A successful reply must carry an `R` (the reply type of the kind asked,
-/// or [`crate::MoveOutcome`] for a move request).
+/// or [`MoveOutcome`](crate::driver::MoveOutcome) for a move request).
 pub unsafe fn open_reply<R>(env: Envelope) -> (u64, Result<R, AskError>) {
     let token = env.token;
     match env.error_status() {
@@ -456,7 +461,7 @@ impl World {
     }
 
     /// Client `client` asks that entity `key` of kind `E` move to `target`;
-    /// the [`crate::MoveOutcome`] will carry `token`.
+    /// the [`MoveOutcome`](crate::driver::MoveOutcome) will carry `token`.
     pub fn migrate<E: Entity>(&mut self, client: usize, key: u64, target: usize, token: u64) {
         let req = MoveRequest {
             target: target as u32,
@@ -813,8 +818,8 @@ impl World {
         let mut tombstone_logs: HashMap<(u64, u64), (u64, usize)> = HashMap::new();
         for (origin, log) in self.logs.iter().enumerate() {
             for r in &log.durable {
-                let id = EntityId {
-                    kind: r.kind_hash,
+                let id = StoredId {
+                    kind_hash: r.kind_hash,
                     key: r.key,
                 };
                 match &r.state {
@@ -836,19 +841,25 @@ impl World {
         let mut live: Vec<Vec<LiveRecord>> = vec![Vec::new(); n];
         let mut deleted: Vec<Vec<(u64, u64, u64, bool)>> = vec![Vec::new(); n];
         for (id, latest) in fold.into_entries() {
-            let Some(kind) = self.kinds.id_of_hash(id.kind) else {
+            let Some(kind) = self.kinds.id_of_hash(id.kind_hash) else {
                 continue;
             };
             let shard = self.kinds.home_shard(kind, id.key, n);
             match latest.state {
                 Some((origin, bytes)) => {
-                    live[shard].push((id.kind, id.key, latest.version, bytes, origin != shard));
+                    live[shard].push((
+                        id.kind_hash,
+                        id.key,
+                        latest.version,
+                        bytes,
+                        origin != shard,
+                    ));
                 }
                 None => {
                     let origin = tombstone_logs
-                        .get(&(id.kind, id.key))
+                        .get(&(id.kind_hash, id.key))
                         .map_or(shard, |&(_, o)| o);
-                    deleted[shard].push((id.kind, id.key, latest.version, origin != shard));
+                    deleted[shard].push((id.kind_hash, id.key, latest.version, origin != shard));
                 }
             }
         }
@@ -862,7 +873,7 @@ impl World {
             for (kind, key, version, bytes, foreign) in &live[s] {
                 shard
                     .restore(*kind, *key, *version, bytes, *foreign)
-                    .unwrap_or_else(|e| panic!("entity {key} of kind hash {kind:#x}: {e}"));
+                    .unwrap_or_else(|e| panic!("{e}"));
             }
             shard.run_recovered_hooks();
         }

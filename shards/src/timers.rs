@@ -1,4 +1,4 @@
-//! Timers on a shard's clock: one-shot and periodic messages to entities,
+//! Layer 1, data: timers on a shard's clock: one-shot and periodic messages to entities,
 //! cancellable, fired in deadline order (ties in creation order).
 //!
 //! A binary heap of deadlines over a slab of timer entries. Cancelling frees
@@ -14,25 +14,17 @@
 //! timer outlives its entity's life.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::hash::BuildHasherDefault;
+use std::collections::BinaryHeap;
 
-use crate::entity::KindId;
 use crate::envelope::Envelope;
-use crate::table::{KeyHasher, KeyMap};
+use crate::hash::{EntityMap, KeyMap};
+use crate::id::{EntityId, TimerId};
 
 /// No entry (the end of an owner's list).
 const NIL: u32 = u32::MAX;
 
-/// Names a timer so it can be cancelled. Unique in the engine (the shard that
-/// made it is in the top bits), so it stays valid when its entity moves to
-/// another shard. Stale ids (fired or cancelled timers) are harmless:
-/// cancelling them does nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TimerId(u64);
-
 /// Makes the message of each firing of a periodic timer.
-pub type MessageFactory = Box<dyn FnMut() -> Envelope + Send>;
+pub(crate) type MessageFactory = Box<dyn FnMut() -> Envelope + Send>;
 
 enum Payload {
     Once(Envelope),
@@ -46,8 +38,7 @@ struct Entry {
     id: u64,
     generation: u32,
     deadline_ns: u64,
-    kind: KindId,
-    key: u64,
+    owner: EntityId,
     payload: Payload,
     /// Neighbours in the owner's list of live timers (`NIL` at the ends).
     prev: u32,
@@ -55,17 +46,16 @@ struct Entry {
 }
 
 /// A timer lifted out of one shard to follow its entity to another.
-pub struct MovedTimer {
+pub(crate) struct MovedTimer {
     id: u64,
     deadline_ns: u64,
-    kind: KindId,
-    key: u64,
+    owner: EntityId,
     payload: Payload,
 }
 
 /// The timers of one shard.
 #[derive(Default)]
-pub struct Timers {
+pub(crate) struct Timers {
     /// (deadline, creation sequence, slot, generation); the sequence breaks ties
     /// so equal deadlines fire in creation order.
     heap: BinaryHeap<Reverse<(u64, u64, u32, u32)>>,
@@ -74,9 +64,9 @@ pub struct Timers {
     free: Vec<u32>,
     /// Timer id → slot.
     index: KeyMap<u32>,
-    /// Owner (kind, key) → the first slot of its list of live timers.
+    /// Owner → the first slot of its list of live timers.
     /// Invariant: an owner is here exactly while it has a live timer.
-    owners: HashMap<(KindId, u64), u32, BuildHasherDefault<KeyHasher>>,
+    owners: EntityMap<u32>,
     /// The next id's low bits; the shard index sits above bit 48.
     next_id: u64,
     id_base: u64,
@@ -86,6 +76,7 @@ pub struct Timers {
 
 impl Timers {
     /// No timers, on shard 0.
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::default()
     }
@@ -104,32 +95,26 @@ impl Timers {
         self.live
     }
 
-    /// Whether no timer is live.
-    pub fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-
     /// Fires `env` once at `deadline_ns`; the timer belongs to the entity
     /// `env` is addressed to.
     pub fn once(&mut self, deadline_ns: u64, env: Envelope) -> TimerId {
-        let (kind, key) = (env.kind, env.key);
+        let owner = EntityId::new(env.kind, env.key);
         let id = self.fresh_id();
-        self.add(id, deadline_ns, kind, key, Payload::Once(env))
+        self.add(id, deadline_ns, owner, Payload::Once(env))
     }
 
     /// Fires `make()` at `first_ns` and then every `period_ns` (at least 1);
-    /// the timer belongs to entity `key` of `kind`.
+    /// the timer belongs to entity `owner`.
     pub fn every(
         &mut self,
         first_ns: u64,
         period_ns: u64,
-        kind: KindId,
-        key: u64,
+        owner: EntityId,
         make: MessageFactory,
     ) -> TimerId {
         let period_ns = period_ns.max(1);
         let id = self.fresh_id();
-        self.add(id, first_ns, kind, key, Payload::Every { period_ns, make })
+        self.add(id, first_ns, owner, Payload::Every { period_ns, make })
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -137,14 +122,7 @@ impl Timers {
         self.id_base | self.next_id
     }
 
-    fn add(
-        &mut self,
-        id: u64,
-        deadline_ns: u64,
-        kind: KindId,
-        key: u64,
-        payload: Payload,
-    ) -> TimerId {
+    fn add(&mut self, id: u64, deadline_ns: u64, owner: EntityId, payload: Payload) -> TimerId {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -154,7 +132,7 @@ impl Timers {
             }
         };
         let generation = self.generations[slot as usize];
-        let next = self.owners.insert((kind, key), slot).unwrap_or(NIL);
+        let next = self.owners.insert(owner, slot).unwrap_or(NIL);
         if next != NIL {
             self.entry_mut(next).prev = slot;
         }
@@ -162,8 +140,7 @@ impl Timers {
             id,
             generation,
             deadline_ns,
-            kind,
-            key,
+            owner,
             payload,
             prev: NIL,
             next,
@@ -187,11 +164,11 @@ impl Timers {
         }
     }
 
-    /// Cancels every live timer of entity `key` of `kind` (it stopped,
-    /// panicked or was deleted), dropping their messages. Returns how many.
-    pub fn cancel_owned_by(&mut self, kind: KindId, key: u64) -> usize {
+    /// Cancels every live timer of entity `owner` (it stopped, panicked or
+    /// was deleted), dropping their messages. Returns how many.
+    pub fn cancel_owned_by(&mut self, owner: EntityId) -> usize {
         let mut n = 0;
-        while let Some(&slot) = self.owners.get(&(kind, key)) {
+        while let Some(&slot) = self.owners.get(&owner) {
             drop(self.release(slot));
             n += 1;
         }
@@ -211,9 +188,9 @@ impl Timers {
         if entry.prev != NIL {
             self.entry_mut(entry.prev).next = entry.next;
         } else if entry.next != NIL {
-            self.owners.insert((entry.kind, entry.key), entry.next);
+            self.owners.insert(entry.owner, entry.next);
         } else {
-            self.owners.remove(&(entry.kind, entry.key));
+            self.owners.remove(&entry.owner);
         }
         self.index.remove(&entry.id);
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
@@ -222,17 +199,16 @@ impl Timers {
         entry
     }
 
-    /// Lifts out every timer of entity `key` of `kind` (it is moving to
-    /// another shard), in creation order.
-    pub fn take_owned_by(&mut self, kind: KindId, key: u64) -> Vec<MovedTimer> {
+    /// Lifts out every timer of entity `owner` (it is moving to another
+    /// shard), in creation order.
+    pub fn take_owned_by(&mut self, owner: EntityId) -> Vec<MovedTimer> {
         let mut moved = Vec::new();
-        while let Some(&slot) = self.owners.get(&(kind, key)) {
+        while let Some(&slot) = self.owners.get(&owner) {
             let e = self.release(slot);
             moved.push(MovedTimer {
                 id: e.id,
                 deadline_ns: e.deadline_ns,
-                kind: e.kind,
-                key: e.key,
+                owner: e.owner,
                 payload: e.payload,
             });
         }
@@ -244,7 +220,7 @@ impl Timers {
 
     /// Takes over a timer that came with its entity, under the same id.
     pub fn adopt(&mut self, t: MovedTimer) {
-        self.add(t.id, t.deadline_ns, t.kind, t.key, t.payload);
+        self.add(t.id, t.deadline_ns, t.owner, t.payload);
     }
 
     /// The earliest live deadline, if any.
@@ -332,13 +308,13 @@ mod tests {
         assert_eq!(fire_keys(&mut t, 5), Vec::<u64>::new());
         assert_eq!(fire_keys(&mut t, 20), vec![1, 2, 22]);
         assert_eq!(fire_keys(&mut t, 100), vec![3]);
-        assert!(t.is_empty());
+        assert_eq!(t.len(), 0);
     }
 
     #[test]
     fn every_repeats_and_cancel_stops_it() {
         let mut t = Timers::new();
-        let id = t.every(10, 10, 0, 7, Box::new(|| env(7)));
+        let id = t.every(10, 10, EntityId::new(0, 7), Box::new(|| env(7)));
         assert_eq!(fire_keys(&mut t, 10), vec![7]);
         assert_eq!(fire_keys(&mut t, 20), vec![7]);
         // Fell far behind: one firing, re-armed from now.
@@ -367,10 +343,10 @@ mod tests {
         let mut b = Timers::for_shard(1);
         let keep = a.once(50, env(1));
         let moving = a.once(10, env(2));
-        let periodic = a.every(20, 20, 0, 2, Box::new(|| env(2)));
+        let periodic = a.every(20, 20, EntityId::new(0, 2), Box::new(|| env(2)));
         let theirs = b.once(30, env(3));
         assert_ne!(moving, theirs, "ids are unique across shards");
-        let moved = a.take_owned_by(0, 2);
+        let moved = a.take_owned_by(EntityId::new(0, 2));
         assert_eq!(moved.len(), 2);
         assert_eq!(a.len(), 1);
         for t in moved {
@@ -398,11 +374,11 @@ mod tests {
         let mut t = Timers::new();
         let a1 = t.once(10, env(1));
         let b = t.once(10, Envelope::new(0, 2, Op::Tell, 2u64));
-        let a2 = t.every(5, 5, 0, 1, Box::new(|| env(1)));
+        let a2 = t.every(5, 5, EntityId::new(0, 1), Box::new(|| env(1)));
         let a3 = t.once(7, env(1));
         assert!(t.cancel(a3), "unlinking from the middle of a list");
-        assert_eq!(t.cancel_owned_by(0, 1), 2);
-        assert_eq!(t.cancel_owned_by(0, 1), 0);
+        assert_eq!(t.cancel_owned_by(EntityId::new(0, 1)), 2);
+        assert_eq!(t.cancel_owned_by(EntityId::new(0, 1)), 0);
         assert!(
             !t.cancel(a1) && !t.cancel(a2),
             "cancelled with their entity"
@@ -410,6 +386,10 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(fire_keys(&mut t, 100), vec![2]);
         assert!(!t.cancel(b));
-        assert_eq!(t.cancel_owned_by(0, 2), 0, "a fired one-shot left its list");
+        assert_eq!(
+            t.cancel_owned_by(EntityId::new(0, 2)),
+            0,
+            "a fired one-shot left its list"
+        );
     }
 }

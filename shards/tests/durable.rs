@@ -8,8 +8,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use percore_shards::driver::LogRefusal;
 use percore_shards::testing::{open_reply, Config, World};
-use percore_shards::{AskError, Codec, Ctx, Entity, Kinds, LogRefusal};
+use percore_shards::{AskError, Codec, Ctx, Entity, Kinds};
 
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]

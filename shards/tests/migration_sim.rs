@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use percore_shards::driver::{MoveOutcome, Op, RebalancePolicy};
 use percore_shards::testing::{client_id, open_reply, replay_guard, Config, Rng, World};
-use percore_shards::{Ctx, Entity, Kinds, MoveOutcome, Op, RebalancePolicy};
+use percore_shards::{Ctx, Entity, Kinds};
 
 thread_local! {
     /// (counter key, sender) → last sequence number handled.

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use percore_shards::driver::{RebalancePolicy, Shard};
 use percore_shards::testing::{Config, World};
-use percore_shards::{Ctx, Entity, Kinds, RebalancePolicy, Shard};
+use percore_shards::{Ctx, Entity, Kinds};
 
 struct Busy;
 

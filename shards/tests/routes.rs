@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use percore_shards::driver::{MoveOutcome, Shard};
 use percore_shards::testing::{open_reply, Config, World};
-use percore_shards::{Ctx, Entity, Kinds, MoveOutcome, Shard};
+use percore_shards::{Ctx, Entity, Kinds};
 
 /// Counts what it handles and checks each value is the next.
 struct Counter {

@@ -28,14 +28,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use percore_shards::envelope::is_inline;
+use percore_shards::driver::is_inline;
+use percore_shards::driver::{Envelope, MoveOutcome, Op, RebalancePolicy};
 use percore_shards::testing::{
     client_id, open_reply, payload_counts, replay_guard, reset_payload_counts, Config, Counted,
     Rng, World,
 };
-use percore_shards::{
-    AskError, Codec, Ctx, Entity, Envelope, Kinds, MoveOutcome, Op, RebalancePolicy, TimerId,
-};
+use percore_shards::{AskError, Codec, Ctx, Entity, Kinds, TimerId};
 
 // ---------------------------------------------------------------- the record
 

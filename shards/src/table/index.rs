@@ -456,7 +456,7 @@ fn prefetch_line(group: &Group) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entity::mix64;
+    use crate::hash::mix64;
 
     /// Slot `i` holds key `keys[i]`, as a table's slab would.
     fn insert(ix: &mut SlotIndex, keys: &mut Vec<u64>, key: u64) {

@@ -1,4 +1,4 @@
-//! The entity table of one kind on one shard: states in a dense slab, each
+//! Layer 1, data: the entity table of one kind on one shard: states in a dense slab, each
 //! beside its key, found through an index from key to slot (see `index`).
 //!
 //! Memory per entity beyond its state: the key beside it in the slab (8 B,
@@ -13,10 +13,6 @@
 
 mod index;
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
-use crate::entity::mix64;
 use index::{tag_of, SlotIndex};
 
 /// Where a key that is not in a table would go, as found by the lookup that
@@ -28,40 +24,6 @@ pub struct Vacancy {
     key: u64,
     at: index::Vacancy,
 }
-
-/// Hashes `u64` keys with [`mix64`]: one multiply chain, good high and low bits
-/// (SwissTable uses both), no per-map random state. A `(KindId, u64)` pair
-/// (see `migrate`) hashes as its kind folded into its key, then one mix.
-#[derive(Default, Clone, Copy)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = mix64(self.0 ^ b as u64);
-        }
-    }
-
-    #[inline]
-    fn write_u16(&mut self, kind: u16) {
-        self.0 = kind as u64;
-    }
-
-    #[inline]
-    fn write_u64(&mut self, key: u64) {
-        // A lone key (state 0) hashes to `mix64(key)`.
-        self.0 = mix64(key ^ self.0.rotate_left(48));
-    }
-}
-
-/// A `HashMap` keyed by entity keys.
-pub type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
 
 /// Slot of an entity in its table. Valid until the next removal from the table.
 pub type Slot = usize;

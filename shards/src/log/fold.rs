@@ -1,4 +1,4 @@
-//! The recovery fold, sans-I/O: from the records of every shard's log, the latest
+//! Layer 1, data: the recovery fold, sans-I/O: from the records of every shard's log, the latest
 //! state of every entity.
 //!
 //! Entities move between shards, so an entity's records can sit in several logs;
@@ -17,15 +17,17 @@
 //! each winner to the shard that owns the key now ([`Fold::into_owned_by`]).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::record::{RecordHeader, RecordType};
+use crate::hash::BuildKeyHasher;
+use crate::log::record::{RecordHeader, RecordType};
 
-/// An entity's address: its kind hash and key.
+/// An entity's identity as logs store it: its kind by the stable hash of the
+/// kind's name (registration order may change between runs, so a log never
+/// holds a [`KindId`](crate::KindId)), and its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EntityId {
-    /// Stable hash of the kind name ([`crate::record::kind_hash`]).
-    pub kind: u64,
+pub struct StoredId {
+    /// Stable hash of the kind name ([`kind_hash`](crate::hash::kind_hash)).
+    pub kind_hash: u64,
     /// Key within the kind.
     pub key: u64,
 }
@@ -43,7 +45,7 @@ pub struct Latest<P> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Recovered<P> {
     /// Which entity.
-    pub id: EntityId,
+    pub id: StoredId,
     /// Its last durable version.
     pub version: u64,
     /// Its last durable state.
@@ -63,36 +65,10 @@ pub enum Offered {
     Marker,
 }
 
-/// Multiply-xor hasher for [`EntityId`]: the keys are already well mixed (a kind
-/// hash and, usually, sequential or random keys), and SipHash would dominate the
-/// cost of folding millions of records.
-#[derive(Default, Clone, Copy)]
-pub struct EntityHasher(u64);
-
-impl Hasher for EntityHasher {
-    fn finish(&self) -> u64 {
-        // Final avalanche (from splitmix64) so the low bits HashMap uses are mixed.
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
 /// Folds records into the latest state per entity. See the module docs.
 #[derive(Clone, Debug)]
 pub struct Fold<P> {
-    latest: HashMap<EntityId, Latest<P>, BuildHasherDefault<EntityHasher>>,
+    latest: HashMap<StoredId, Latest<P>, BuildKeyHasher>,
 }
 
 impl<P> Default for Fold<P> {
@@ -110,15 +86,15 @@ impl<P> Fold<P> {
     /// An empty fold with room for `entities` entities before it reallocates.
     pub fn with_capacity(entities: usize) -> Self {
         Self {
-            latest: HashMap::with_capacity_and_hasher(entities, BuildHasherDefault::default()),
+            latest: HashMap::with_capacity_and_hasher(entities, BuildKeyHasher::default()),
         }
     }
 
     /// Offers one record read from any log; `payload` is the handle to keep if it
     /// wins (ignored for tombstones and markers).
     pub fn offer(&mut self, header: &RecordHeader, payload: P) -> Offered {
-        let id = EntityId {
-            kind: header.kind,
+        let id = StoredId {
+            kind_hash: header.kind,
             key: header.key,
         };
         match RecordType::from_u8(header.record_type) {
@@ -129,7 +105,7 @@ impl<P> Fold<P> {
     }
 
     /// Offers one change: `Some(payload)` is a state at `version`, `None` a deletion.
-    pub fn insert(&mut self, id: EntityId, version: u64, state: Option<P>) -> Offered {
+    pub fn insert(&mut self, id: StoredId, version: u64, state: Option<P>) -> Offered {
         use std::collections::hash_map::Entry;
         match self.latest.entry(id) {
             Entry::Vacant(slot) => {
@@ -151,7 +127,7 @@ impl<P> Fold<P> {
     }
 
     /// The winning record for an entity, live or deleted.
-    pub fn get(&self, id: EntityId) -> Option<&Latest<P>> {
+    pub fn get(&self, id: StoredId) -> Option<&Latest<P>> {
         self.latest.get(&id)
     }
 
@@ -183,7 +159,7 @@ impl<P> Fold<P> {
 
     /// Consumes the fold, yielding every entity's winning record, deletions
     /// included, in no particular order.
-    pub fn into_entries(self) -> impl Iterator<Item = (EntityId, Latest<P>)> {
+    pub fn into_entries(self) -> impl Iterator<Item = (StoredId, Latest<P>)> {
         self.latest.into_iter()
     }
 
@@ -208,7 +184,7 @@ impl<P> Fold<P> {
     pub fn into_owned_by(
         self,
         shards: usize,
-        mut owner: impl FnMut(EntityId) -> usize,
+        mut owner: impl FnMut(StoredId) -> usize,
     ) -> Vec<Vec<Recovered<P>>> {
         let mut out: Vec<Vec<Recovered<P>>> = (0..shards).map(|_| Vec::new()).collect();
         for entity in self.into_live() {
@@ -229,7 +205,7 @@ impl<P> Fold<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{decode, encode, Decoded, RecordFields};
+    use crate::log::record::{decode, encode, Decoded, RecordFields};
     use proptest::prelude::*;
 
     fn header(record_type: RecordType, kind: u64, key: u64, version: u64) -> RecordHeader {
@@ -258,8 +234,11 @@ mod tests {
         }
     }
 
-    fn id(kind: u64, key: u64) -> EntityId {
-        EntityId { kind, key }
+    fn id(kind: u64, key: u64) -> StoredId {
+        StoredId {
+            kind_hash: kind,
+            key,
+        }
     }
 
     #[test]
@@ -418,7 +397,7 @@ mod tests {
                 fold.offer(&header(t, c.kind, c.key, c.version), (c.kind, c.key, c.version));
             }
             let live: std::collections::BTreeMap<_, _> =
-                fold.live().map(|r| ((r.id.kind, r.id.key), r.version)).collect();
+                fold.live().map(|r| ((r.id.kind_hash, r.id.key), r.version)).collect();
             let want: std::collections::BTreeMap<_, _> = expected
                 .iter()
                 .filter(|(_, (_, deleted))| !deleted)
@@ -426,7 +405,7 @@ mod tests {
                 .collect();
             prop_assert_eq!(&live, &want);
             for r in fold.live() {
-                prop_assert_eq!(*r.payload, (r.id.kind, r.id.key, r.version));
+                prop_assert_eq!(*r.payload, (r.id.kind_hash, r.id.key, r.version));
             }
             let split = fold.into_owned_by(shards, |e| (e.key as usize) % shards);
             prop_assert_eq!(split.iter().map(Vec::len).sum::<usize>(), want.len());

@@ -1,4 +1,4 @@
-//! The on-disk log record format, sans-I/O.
+//! Layer 1, data: the on-disk log record format, sans-I/O.
 //!
 //! A shard's log is a sequence of segments; a segment is a sequence of records; a
 //! record is a fixed 64-byte [`RecordHeader`] followed by a payload padded with
@@ -47,6 +47,8 @@
 //! one level up (see [`RecordType::Resume`]).
 
 use bytemuck::{Pod, Zeroable};
+
+pub use crate::hash::kind_hash;
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("the percore log format is little-endian; big-endian targets are not supported");
@@ -306,21 +308,6 @@ pub const fn record_len(payload_len: usize) -> usize {
 /// `len` rounded up to a multiple of [`RECORD_ALIGN`].
 pub const fn padded_len(len: usize) -> usize {
     (len + RECORD_ALIGN - 1) & !(RECORD_ALIGN - 1)
-}
-
-/// A stable 64-bit hash of an entity kind's name (FNV-1a), for
-/// [`RecordHeader::kind`]. Stable across builds, platforms and Rust versions,
-/// unlike `std`'s hashers; the name must be stable too.
-pub const fn kind_hash(name: &str) -> u64 {
-    let bytes = name.as_bytes();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut i = 0;
-    while i < bytes.len() {
-        hash ^= bytes[i] as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        i += 1;
-    }
-    hash
 }
 
 /// Appends one record to `out` and returns the number of bytes appended
