@@ -15,7 +15,7 @@ use percore_shards::table::KeyMap;
 use percore_shards::{AskError, Entity, Envelope, KindId, MoveOutcome, MoveRequest, Op};
 use rtrb::{Consumer, Producer, PushError};
 
-use crate::error::{MigrateError, TellError};
+use crate::error::{ClientAskError, MigrateError, TellBatchError, TellError};
 use crate::shared::{ClientSignals, Shared};
 use crate::sync::{light_barrier, thread_waker};
 
@@ -26,7 +26,9 @@ use crate::sync::{light_barrier, thread_waker};
 /// reply ring per shard, so its sends need no locks). Messages from one client
 /// to one entity are handled in the order they were sent.
 ///
-/// Dropping a client lets the shards finish what it sent, then frees its slot.
+/// Dropping a client lets the shards finish what it sent, then frees its
+/// slot; [`Engine::client`](crate::Engine::client) waits for a slot being
+/// freed, so a new client can be made right after a drop.
 pub struct Client {
     shared: Arc<Shared>,
     slot: usize,
@@ -183,37 +185,34 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// Stops at the first message that cannot be sent, with how many were sent
-    /// before it (a prefix of `batch`) and that message handed back. The
-    /// messages staged in the same chunk after it (at most
-    /// `BATCH_CHUNK - 1`) are dropped; the rest of `batch` is not consumed.
-    pub fn tell_batch<E: Entity, I>(&self, batch: I) -> Result<usize, (usize, TellError<E::Msg>)>
+    /// Stops at the first message that cannot be sent and returns a
+    /// [`TellBatchError`]: how many were sent (a prefix of `batch`), why it
+    /// stopped (as [`Client::tell`]: full after the wait, shutting down,
+    /// unknown kind), and every message not sent — the one that failed, the
+    /// rest of its chunk and the rest of `batch` — with its key, in batch
+    /// order. No message is dropped.
+    pub fn tell_batch<E: Entity, I>(&self, batch: I) -> Result<usize, TellBatchError<E::Msg>>
     where
         I: IntoIterator<Item = (u64, E::Msg)>,
     {
         let mut batch = batch.into_iter();
         let Some(kind) = self.shared.kinds.id_of::<E>() else {
-            return match batch.next() {
-                Some((_, msg)) => Err((0, TellError::UnknownKind(msg))),
-                None => Ok(0),
-            };
+            return batch_result(0, TellError::UnknownKind(()), Vec::new(), batch);
         };
         if let Err(fail) = self.enter() {
-            return match batch.next() {
-                Some((_, msg)) => Err((0, fail.into_tell_error(msg))),
-                None => Ok(0),
-            };
+            return batch_result(0, fail.into_tell_error(()), Vec::new(), batch);
         }
         let mut requests = self.requests.borrow_mut();
         let mut run = self.run.borrow_mut();
         let mut run_shard = usize::MAX;
+        // The message in hand when a publish failed: it was never staged.
         let mut failed = None;
         self.published.set(0);
         for (key, msg) in batch.by_ref() {
             let shard = self.home(kind, key);
             if (shard != run_shard && !run.is_empty()) || run.len() == BATCH_CHUNK {
-                if let Err(e) = self.publish(&mut requests[run_shard], run_shard, &mut run) {
-                    failed = Some(e);
+                if let Err(fail) = self.publish(&mut requests[run_shard], run_shard, &mut run) {
+                    failed = Some((fail, Some((key, msg))));
                     break;
                 }
             }
@@ -221,35 +220,37 @@ impl Client {
             run.push(Envelope::new(kind, key, Op::Tell, msg).with_route(self.sender, 0));
         }
         if failed.is_none() && !run.is_empty() {
-            if let Err(e) = self.publish(&mut requests[run_shard], run_shard, &mut run) {
-                failed = Some(e);
+            if let Err(fail) = self.publish(&mut requests[run_shard], run_shard, &mut run) {
+                failed = Some((fail, None));
             }
         }
         let total = self.published.take();
         self.leave();
-        let result = match failed {
-            None => Ok(total),
-            Some((env, fail)) => {
-                // SAFETY: made above with `E::Msg`.
-                let msg = unsafe { env.take::<E::Msg>() };
-                Err((total, fail.into_tell_error(msg)))
-            }
+        let Some((fail, in_hand)) = failed else {
+            debug_assert!(run.is_empty());
+            return Ok(total);
         };
-        run.clear();
-        result
+        // Unsent, in batch order: what is left of the staged run (the failed
+        // envelope first), the message in hand, the rest of the batch.
+        let mut unsent: Vec<(u64, E::Msg)> = run
+            .drain(..)
+            // SAFETY: every staged envelope was made above with `E::Msg`.
+            .map(|env| (env.key, unsafe { env.take::<E::Msg>() }))
+            .collect();
+        unsent.extend(in_hand);
+        batch_result(total, fail.into_tell_error(()), unsent, batch)
     }
 
     /// Publishes `run` (envelopes for `shard`) in chunks as room allows,
     /// waiting like `push`; counts what it published in `self.published`.
-    /// On failure the first unsent envelope is handed back; the rest of the
-    /// run stays in `run` for the caller to discard.
-    #[allow(clippy::result_large_err)] // see `send_one`
+    /// On failure every unsent envelope stays in `run`, in order, for the
+    /// caller to hand back.
     fn publish(
         &self,
         ring: &mut Producer<Envelope>,
         shard: usize,
         run: &mut Vec<Envelope>,
-    ) -> Result<(), (Envelope, PushFail)> {
+    ) -> Result<(), PushFail> {
         let mut deadline = None;
         let mut round = 0u32;
         loop {
@@ -280,7 +281,7 @@ impl Client {
                     // Re-enter so the caller's `leave` pairs up.
                     let _ = self.enter();
                 }
-                return Err((run.remove(0), fail));
+                return Err(fail);
             }
         }
     }
@@ -289,29 +290,39 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// [`AskError::Panicked`] if the handler panicked, [`AskError::ShuttingDown`],
-    /// [`AskError::Full`] if the ring stayed full for `send_wait_us_max`,
-    /// [`AskError::UnknownKind`]. The message is dropped in every case.
-    pub fn ask<E: Entity>(&self, key: u64, msg: E::Msg) -> Result<E::Reply, AskError> {
+    /// When the request was not sent the message comes back:
+    /// [`ClientAskError::Full`] if the ring stayed full for
+    /// `send_wait_us_max`, [`ClientAskError::ShuttingDown`],
+    /// [`ClientAskError::UnknownKind`]. Once it was sent,
+    /// [`ClientAskError::Failed`] says why no reply came
+    /// ([`AskError::Panicked`], [`AskError::ShuttingDown`], a durable change
+    /// that failed); the message was the entity's by then.
+    pub fn ask<E: Entity>(
+        &self,
+        key: u64,
+        msg: E::Msg,
+    ) -> Result<E::Reply, ClientAskError<E::Msg>> {
         let (shard, token) = self.send_ask::<E>(key, msg)?;
         self.wait_reply::<E::Reply>(shard, token, None)
+            .map_err(ClientAskError::Failed)
     }
 
     /// Like [`Client::ask`], giving up after `timeout`.
     ///
     /// # Errors
     ///
-    /// As [`Client::ask`], plus [`AskError::Timeout`]; a late reply is
-    /// discarded when it arrives.
+    /// As [`Client::ask`], plus `Failed(`[`AskError::Timeout`]`)`; a late
+    /// reply is discarded when it arrives.
     pub fn ask_timeout<E: Entity>(
         &self,
         key: u64,
         msg: E::Msg,
         timeout: Duration,
-    ) -> Result<E::Reply, AskError> {
+    ) -> Result<E::Reply, ClientAskError<E::Msg>> {
         let deadline = Instant::now() + timeout;
         let (shard, token) = self.send_ask::<E>(key, msg)?;
         self.wait_reply::<E::Reply>(shard, token, Some(deadline))
+            .map_err(ClientAskError::Failed)
     }
 
     /// Asks without blocking the thread: a future that resolves to the reply
@@ -321,8 +332,9 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// The future resolves to the errors of [`Client::ask`].
-    pub fn ask_async<E: Entity>(&self, key: u64, msg: E::Msg) -> AskFuture<'_, E::Reply> {
+    /// The future resolves to the errors of [`Client::ask`]; a request that
+    /// could not be sent hands its message back in the error.
+    pub fn ask_async<E: Entity>(&self, key: u64, msg: E::Msg) -> AskFuture<'_, E> {
         let state = match self.send_ask::<E>(key, msg) {
             Ok((shard, token)) => AskState::Waiting { shard, token },
             Err(e) => AskState::Failed(e),
@@ -330,16 +342,19 @@ impl Client {
         AskFuture {
             client: self,
             state,
-            _reply: PhantomData,
+            _entity: PhantomData,
         }
     }
 
-    fn send_ask<E: Entity>(&self, key: u64, msg: E::Msg) -> Result<(usize, u64), AskError> {
-        let kind = self
-            .shared
-            .kinds
-            .id_of::<E>()
-            .ok_or(AskError::UnknownKind)?;
+    /// Sends an ask; on failure hands the message back.
+    fn send_ask<E: Entity>(
+        &self,
+        key: u64,
+        msg: E::Msg,
+    ) -> Result<(usize, u64), ClientAskError<E::Msg>> {
+        let Some(kind) = self.shared.kinds.id_of::<E>() else {
+            return Err(ClientAskError::UnknownKind(msg));
+        };
         let shard = self.home(kind, key);
         let token = self.next_token.get();
         self.next_token.set(token + 1);
@@ -350,12 +365,9 @@ impl Client {
                 Ok((shard, token))
             }
             Err((env, fail)) => {
-                // SAFETY: made above with `E::Msg`; dropped like any unsent message.
-                drop(unsafe { env.take::<E::Msg>() });
-                Err(match fail {
-                    PushFail::Full => AskError::Full,
-                    PushFail::ShuttingDown => AskError::ShuttingDown,
-                })
+                // SAFETY: made above with `E::Msg`.
+                let msg = unsafe { env.take::<E::Msg>() };
+                Err(fail.into_tell_error(msg).into())
             }
         }
     }
@@ -623,6 +635,9 @@ impl Drop for Client {
                 }
             }
         }
+        // Counted as closing before any shard can see `closed` and release
+        // the slot, so `Engine::client` knows to wait for it.
+        self.shared.slots.closing();
         self.signals.closed.store(true, Ordering::Release);
         self.shared.bump_client_epochs();
     }
@@ -647,6 +662,26 @@ fn drop_reply<R>(env: Envelope) {
     drop(decode_reply::<R>(env));
 }
 
+/// The batch's error's error with `unsent` followed by what is left
+/// of `rest` (the messages the batch never reached), in order.
+fn batch_result<M>(
+    sent: usize,
+    reason: TellError<()>,
+    mut unsent: Vec<(u64, M)>,
+    rest: impl Iterator<Item = (u64, M)>,
+) -> Result<usize, TellBatchError<M>> {
+    unsent.extend(rest);
+    if unsent.is_empty() {
+        // An empty batch: nothing was refused.
+        return Ok(sent);
+    }
+    Err(TellBatchError {
+        sent,
+        reason,
+        unsent,
+    })
+}
+
 /// Waits without burning a core: a few spins, then yields, then sleeps
 /// growing to 1 ms.
 fn backoff(round: u32) {
@@ -660,23 +695,26 @@ fn backoff(round: u32) {
     }
 }
 
-enum AskState {
+enum AskState<M> {
     Waiting { shard: usize, token: u64 },
-    Failed(AskError),
+    Failed(ClientAskError<M>),
     Done,
 }
 
-/// The reply to [`Client::ask_async`]. Dropping it before it resolves abandons
-/// the ask (its reply is discarded on arrival).
+/// The reply to [`Client::ask_async`] for an entity of kind `E`. Dropping it
+/// before it resolves abandons the ask (its reply is discarded on arrival).
 #[must_use = "the reply is lost unless the future is awaited"]
-pub struct AskFuture<'c, R: Send + 'static> {
+pub struct AskFuture<'c, E: Entity> {
     client: &'c Client,
-    state: AskState,
-    _reply: PhantomData<fn() -> R>,
+    state: AskState<E::Msg>,
+    _entity: PhantomData<fn() -> E>,
 }
 
-impl<R: Send + 'static> Future for AskFuture<'_, R> {
-    type Output = Result<R, AskError>;
+// The future is never pinned structurally: its state moves freely.
+impl<E: Entity> Unpin for AskFuture<'_, E> {}
+
+impl<E: Entity> Future for AskFuture<'_, E> {
+    type Output = Result<E::Reply, ClientAskError<E::Msg>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let client = self.client;
@@ -686,26 +724,26 @@ impl<R: Send + 'static> Future for AskFuture<'_, R> {
             AskState::Done => panic!("AskFuture polled after completion"),
         };
         if let Some(env) = client.poll_reply(shard, token) {
-            return Poll::Ready(decode_reply(env));
+            return Poll::Ready(decode_reply(env).map_err(ClientAskError::Failed));
         }
         if client.shared.terminated.load(Ordering::Acquire) {
-            client.abandon::<R>(token);
-            return Poll::Ready(Err(AskError::ShuttingDown));
+            client.abandon::<E::Reply>(token);
+            return Poll::Ready(Err(ClientAskError::Failed(AskError::ShuttingDown)));
         }
         client.signals.parker.prepare_sleep(cx.waker());
         if let Some(env) = client.poll_reply(shard, token) {
             client.signals.parker.cancel_sleep();
-            return Poll::Ready(decode_reply(env));
+            return Poll::Ready(decode_reply(env).map_err(ClientAskError::Failed));
         }
         self.state = AskState::Waiting { shard, token };
         Poll::Pending
     }
 }
 
-impl<R: Send + 'static> Drop for AskFuture<'_, R> {
+impl<E: Entity> Drop for AskFuture<'_, E> {
     fn drop(&mut self) {
         if let AskState::Waiting { token, .. } = self.state {
-            self.client.abandon::<R>(token);
+            self.client.abandon::<E::Reply>(token);
         }
     }
 }

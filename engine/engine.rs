@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::metrics::{Metrics, MetricsCell};
 use crate::pin;
 use crate::runtime::{spawn_shard, ShardInit};
-use crate::shared::{ClientEnds, ClientSignals, ClientSlot, Quiescence, Shared};
+use crate::shared::{ClientEnds, ClientSignals, ClientSlot, Quiescence, Shared, SlotPool};
 use crate::sync::{init_barriers, CachePadded, Doorbell};
 
 /// Most shards one engine runs (client batches track shards in a `u128`).
@@ -174,8 +174,10 @@ impl EngineBuilder {
     ///
     /// [`Error::Config`], [`Error::CoreUnavailable`], [`Error::TooManyShards`],
     /// [`Error::DuplicateKind`], [`Error::NoKinds`],
-    /// [`Error::IoUringUnavailable`], [`Error::Executor`], [`Error::Io`]: each
-    /// says what to change.
+    /// [`Error::IoUringUnavailable`], [`Error::Executor`], [`Error::Io`],
+    /// and for durable kinds [`Error::DataDirNotADirectory`],
+    /// [`Error::DataDir`], [`Error::DataDirLocked`], [`Error::Log`],
+    /// [`Error::Recovery`]: each says what to change.
     pub fn build(self) -> Result<Engine, Error> {
         if let Some(name) = self.duplicate {
             return Err(Error::DuplicateKind { name });
@@ -281,7 +283,7 @@ impl Engine {
                     holders: AtomicUsize::new(0),
                 })
                 .collect(),
-            free_slots: Mutex::new((0..max_clients).rev().collect()),
+            slots: SlotPool::new(max_clients),
             stopping: AtomicBool::new(false),
             sealed: AtomicBool::new(false),
             terminate: AtomicBool::new(false),
@@ -389,9 +391,15 @@ impl Engine {
 
     /// A new client handle (one per thread that sends).
     ///
+    /// A dropped client's slot is freed once every shard has handled what it
+    /// sent; when no slot is free but one is being freed, this waits for it
+    /// (up to a second, in case a shard is busy in a long handler), so
+    /// `drop(client); engine.client()` succeeds with `max_clients(1)`.
+    ///
     /// # Errors
     ///
-    /// [`Error::TooManyClients`] when `max_clients` handles are alive;
+    /// [`Error::TooManyClients`] when `max_clients` handles are alive (or a
+    /// dropped one's slot was not freed within the wait);
     /// [`Error::ShuttingDown`].
     pub fn client(&self) -> Result<Client, Error> {
         let shared = &self.shared;
@@ -399,13 +407,17 @@ impl Engine {
             return Err(Error::ShuttingDown);
         }
         let slot = shared
-            .free_slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .ok_or(Error::TooManyClients {
-                max: shared.config.max_clients,
-            })?;
+            .slots
+            .take(|| shared.stopping.load(Ordering::Acquire));
+        if shared.stopping.load(Ordering::Acquire) {
+            if let Some(slot) = slot {
+                shared.slots.give_back(slot);
+            }
+            return Err(Error::ShuttingDown);
+        }
+        let slot = slot.ok_or(Error::TooManyClients {
+            max: shared.config.max_clients,
+        })?;
         let n = self.shard_count();
         let cap = shared.config.ring_capacity;
         let signals = Arc::new(ClientSignals::new(shared.shard_count()));
@@ -497,6 +509,7 @@ impl Engine {
             return Ok(self.metrics());
         }
         shared.stopping.store(true, Ordering::SeqCst);
+        shared.slots.wake_all();
         shared.seal_clients();
         shared.sealed.store(true, Ordering::Release);
         for bell in &shared.doorbells {

@@ -27,7 +27,8 @@
 //!   addressing them the same way. [`Ctx::pin`] or `const MOVABLE = false`
 //!   keeps them put.
 //! - Nothing is dropped silently: full rings give backpressure
-//!   ([`TellError::Full`] hands the message back), handler sends wait in a
+//!   ([`TellError::Full`] and [`ClientAskError::Full`] hand the message
+//!   back, [`TellBatchError`] every unsent one), handler sends wait in a
 //!   bounded overflow queue.
 //!
 //! ## Example
@@ -96,7 +97,7 @@ pub use client::{AskFuture, Client, BATCH_CHUNK};
 pub use config::{Cores, DurabilityLevel, EngineConfig, IdlePolicy, RebalanceConfig};
 pub use durability::RecoveryReport;
 pub use engine::{Engine, EngineBuilder, MAX_SHARDS};
-pub use error::{Error, MigrateError, TellError};
+pub use error::{ClientAskError, Error, MigrateError, TellBatchError, TellError};
 pub use metrics::{Metrics, PauseStats, ShardMetrics};
 pub use percore_shards::{AskError, Ctx, DurableState, Entity, Hot, SendError, TimerId};
 

@@ -1,8 +1,8 @@
 //! State shared by the engine handle, its shard threads and its clients.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use percore_shards::{Envelope, Hot, Kinds};
 use rtrb::{Consumer, Producer};
@@ -52,6 +52,91 @@ pub(crate) struct ClientSlot {
     pub(crate) holders: AtomicUsize,
 }
 
+/// Longest [`Engine::client`](crate::Engine::client) waits for the slot of a
+/// dropped client to be freed when no slot is free. Freeing takes one pass
+/// of each shard (they are woken for it), so this is only reached when a
+/// shard is stuck in a long handler.
+pub(crate) const SLOT_FREE_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// The free client slots, and how many slots are being freed: a dropped
+/// client's slot returns once every shard has drained its requests, which
+/// happens after `drop` returns; `take` waits for it rather than failing.
+pub(crate) struct SlotPool {
+    state: Mutex<SlotState>,
+    freed: Condvar,
+}
+
+struct SlotState {
+    free: Vec<usize>,
+    /// Slots of dropped clients not yet released by every shard.
+    closing: usize,
+}
+
+impl SlotPool {
+    pub(crate) fn new(slots: usize) -> Self {
+        SlotPool {
+            state: Mutex::new(SlotState {
+                free: (0..slots).rev().collect(),
+                closing: 0,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A free slot. With none free but some being freed, waits for one, up
+    /// to [`SLOT_FREE_WAIT_MAX`], or until `stop` turns true (checked on
+    /// every wakeup; shutdown calls [`SlotPool::wake_all`]).
+    pub(crate) fn take(&self, stop: impl Fn() -> bool) -> Option<usize> {
+        let deadline = Instant::now() + SLOT_FREE_WAIT_MAX;
+        let mut state = self.lock();
+        loop {
+            if let Some(slot) = state.free.pop() {
+                return Some(slot);
+            }
+            let now = Instant::now();
+            if state.closing == 0 || now >= deadline || stop() {
+                return None;
+            }
+            state = self
+                .freed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// A client was dropped: its slot will be released.
+    pub(crate) fn closing(&self) {
+        self.lock().closing += 1;
+    }
+
+    /// The last shard let go of a dropped client: its slot is free.
+    pub(crate) fn release(&self, slot: usize) {
+        let mut state = self.lock();
+        debug_assert!(state.closing > 0, "a slot released that was not closing");
+        state.closing = state.closing.saturating_sub(1);
+        state.free.push(slot);
+        drop(state);
+        self.freed.notify_all();
+    }
+
+    /// Returns a slot `take` gave that was not used after all.
+    pub(crate) fn give_back(&self, slot: usize) {
+        self.lock().free.push(slot);
+        self.freed.notify_all();
+    }
+
+    /// Wakes every `take` waiting (shutdown: they re-check and give up).
+    pub(crate) fn wake_all(&self) {
+        let _state = self.lock();
+        self.freed.notify_all();
+    }
+}
+
 /// Per-shard facts the shutdown coordinator reads to detect quiescence
 /// (Mattern's four-counter method: two identical collections of all shards'
 /// counters, everyone idle, every sent envelope received).
@@ -72,7 +157,7 @@ pub(crate) struct Shared {
     /// Bumped (per shard) when a client registers or closes.
     pub(crate) client_epoch: Vec<CachePadded<AtomicU64>>,
     pub(crate) clients: Vec<ClientSlot>,
-    pub(crate) free_slots: Mutex<Vec<usize>>,
+    pub(crate) slots: SlotPool,
     /// Clients refuse new work once this is set.
     pub(crate) stopping: AtomicBool,
     /// Set once `seal_clients` has returned: from then on no client pushes,
@@ -146,10 +231,7 @@ impl Shared {
                 .signals
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = None;
-            self.free_slots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(slot);
+            self.slots.release(slot);
         }
     }
 
