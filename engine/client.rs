@@ -520,12 +520,10 @@ impl Client {
                 self.file_stray(env);
             }
             // A shard with more replies for a full ring parks until told there
-            // is room; it says so before it announces sleep (see the shard
-            // loop's `park`), and this load pairs with its barrier.
-            light_barrier();
-            let blocked = &self.signals.reply_blocked[from];
-            if blocked.load(Ordering::Relaxed) {
-                blocked.store(false, Ordering::Relaxed);
+            // is room; it says so before it announces sleep and unsays it once
+            // awake (see the shard loop's `park` and `BlockedFlag`), and this
+            // load pairs with its barrier.
+            if self.signals.reply_blocked[from].wake_needed() {
                 self.shared.doorbells[from].notify();
             }
             if found.is_some() {

@@ -14,6 +14,7 @@ use crate::client::Client;
 use crate::config::{Cores, DurabilityLevel, EngineConfig, IdlePolicy};
 use crate::durability::{self, RecoveryReport};
 use crate::error::Error;
+use crate::mesh::wake::BlockedFlag;
 use crate::metrics::{Metrics, MetricsCell};
 use crate::pin;
 use crate::runtime::{spawn_shard, ShardInit};
@@ -292,7 +293,7 @@ impl Engine {
             loads: (0..n).map(|_| CachePadded(AtomicU64::new(0))).collect(),
             hottest: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
             blocked: (0..n * n)
-                .map(|_| CachePadded(AtomicBool::new(false)))
+                .map(|_| CachePadded(BlockedFlag::new()))
                 .collect(),
             pauses: (0..n)
                 .map(|_| {

@@ -87,6 +87,7 @@ mod durability;
 mod engine;
 mod error;
 pub mod log;
+mod mesh;
 mod metrics;
 mod pin;
 mod runtime;

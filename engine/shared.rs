@@ -8,6 +8,7 @@ use percore_shards::{Envelope, Hot, Kinds};
 use rtrb::{Consumer, Producer};
 
 use crate::config::EngineConfig;
+use crate::mesh::wake::BlockedFlag;
 use crate::metrics::MetricsCell;
 use crate::sync::{CachePadded, Doorbell, Parker};
 
@@ -23,7 +24,7 @@ pub(crate) struct ClientSignals {
     pub(crate) closed: AtomicBool,
     /// `reply_blocked[shard]`: that shard parked with replies for this client
     /// waiting on a full reply ring; the client wakes it when it reads.
-    pub(crate) reply_blocked: Vec<AtomicBool>,
+    pub(crate) reply_blocked: Vec<BlockedFlag>,
 }
 
 impl ClientSignals {
@@ -32,7 +33,7 @@ impl ClientSignals {
             parker: Parker::default(),
             busy: CachePadded(AtomicBool::new(false)),
             closed: AtomicBool::new(false),
-            reply_blocked: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            reply_blocked: (0..shards).map(|_| BlockedFlag::new()).collect(),
         }
     }
 }
@@ -177,7 +178,7 @@ pub(crate) struct Shared {
     pub(crate) pauses: Vec<Mutex<hdrhistogram::Histogram<u64>>>,
     /// `blocked[from * n + to]`: shard `from` parked with envelopes for
     /// shard `to` waiting on a full ring; `to` wakes it when it frees room.
-    pub(crate) blocked: Vec<CachePadded<AtomicBool>>,
+    pub(crate) blocked: Vec<CachePadded<BlockedFlag>>,
 }
 
 impl Shared {

@@ -14,10 +14,12 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{compiler_fence, fence, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 use std::thread::Thread;
+
+use crate::mesh::wake::SleepFlag;
 
 /// 0 = not probed, 1 = membarrier registered, 2 = fall back to fences.
 static BARRIER_MODE: AtomicU8 = AtomicU8::new(0);
@@ -87,7 +89,7 @@ impl<T> std::ops::Deref for CachePadded<T> {
 /// parked on it was slower (`versus --child percore ask`, everything parking:
 /// p50 about 15 µs with a socket pair, 4–6 µs with an eventfd).
 pub(crate) struct Doorbell {
-    sleeping: CachePadded<AtomicBool>,
+    sleeping: CachePadded<SleepFlag>,
     tx: File,
 }
 
@@ -106,7 +108,7 @@ impl Doorbell {
         let tx = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let rx = tx.try_clone()?;
         let bell = Doorbell {
-            sleeping: CachePadded(AtomicBool::new(false)),
+            sleeping: CachePadded(SleepFlag::new()),
             tx,
         };
         Ok((bell, rx))
@@ -121,35 +123,31 @@ impl Doorbell {
     /// After publishing to the shard: wake it if it sleeps.
     #[inline]
     pub(crate) fn notify(&self) {
-        light_barrier();
-        if self.sleeping.load(Ordering::Relaxed) {
+        if self.sleeping.wake_needed() {
             self.ring();
         }
     }
 
     /// Wakes the shard whether or not it looks asleep (shutdown).
     pub(crate) fn force(&self) {
-        self.sleeping.store(false, Ordering::Relaxed);
-        // A counter at its maximum means wakeups are pending already.
-        let _ = (&self.tx).write(&RING);
+        self.sleeping.cancel();
+        self.ring();
     }
 
     #[cold]
     fn ring(&self) {
-        if self.sleeping.swap(false, Ordering::AcqRel) {
-            let _ = (&self.tx).write(&RING);
-        }
+        // A counter at its maximum means wakeups are pending already.
+        let _ = (&self.tx).write(&RING);
     }
 
     /// The shard is about to park: after this, re-check every inbound ring.
     pub(crate) fn prepare_sleep(&self) {
-        self.sleeping.store(true, Ordering::Relaxed);
-        heavy_barrier();
+        self.sleeping.announce();
     }
 
     /// The shard did not park after all, or woke up.
     pub(crate) fn cancel_sleep(&self) {
-        self.sleeping.store(false, Ordering::Relaxed);
+        self.sleeping.cancel();
     }
 }
 
@@ -177,7 +175,7 @@ pub(crate) fn thread_waker(thread: Thread) -> Waker {
 /// different tasks, so all registered wakers are woken).
 #[derive(Default)]
 pub(crate) struct Parker {
-    sleeping: CachePadded<AtomicBool>,
+    sleeping: CachePadded<SleepFlag>,
     wakers: Mutex<Vec<Waker>>,
 }
 
@@ -185,20 +183,21 @@ impl Parker {
     /// After publishing replies for this client: wake it if it sleeps.
     #[inline]
     pub(crate) fn notify(&self) {
-        light_barrier();
-        if self.sleeping.load(Ordering::Relaxed) {
-            self.wake();
+        if self.sleeping.wake_needed() {
+            self.wake_all();
         }
     }
 
-    #[cold]
+    /// Wakes the client if it sleeps (shutdown: replies will not come).
     pub(crate) fn wake(&self) {
-        if self.sleeping.swap(false, Ordering::AcqRel) {
-            let wakers =
-                std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
-            for w in wakers {
-                w.wake();
-            }
+        self.notify();
+    }
+
+    #[cold]
+    fn wake_all(&self) {
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in wakers {
+            w.wake();
         }
     }
 
@@ -210,12 +209,11 @@ impl Parker {
                 wakers.push(waker.clone());
             }
         }
-        self.sleeping.store(true, Ordering::Relaxed);
-        heavy_barrier();
+        self.sleeping.announce();
     }
 
     /// Did not sleep after all.
     pub(crate) fn cancel_sleep(&self) {
-        self.sleeping.store(false, Ordering::Relaxed);
+        self.sleeping.cancel();
     }
 }

@@ -462,16 +462,14 @@ impl ShardLoop {
         }
         self.received += taken as u64;
         // The sender may have parked with more for us waiting for room. It
-        // says so before it announces sleep; the load pairs with its barrier
-        // like any wakeup (crate::sync), so it cannot miss the room made here.
+        // says so before it announces sleep and unsays it once awake; the
+        // load pairs with its barrier like any wakeup (crate::mesh::wake), so
+        // it cannot miss the room made here.
         // (Waking it only when the ring was full at our read lost wakeups:
         // it can fill the ring while we read a chunk, and we never see it
         // full again — fanout waited for PARK_MAX.)
-        crate::sync::light_barrier();
         let n = self.shared.shard_count();
-        let blocked = &self.shared.blocked[from * n + self.index];
-        if blocked.load(Ordering::Relaxed) {
-            blocked.store(false, Ordering::Relaxed);
+        if self.shared.blocked[from * n + self.index].wake_needed() {
             self.shared.doorbells[from].notify();
         }
         for f in fences.into_iter().flatten() {
@@ -679,23 +677,24 @@ impl ShardLoop {
         let n = shared.shard_count();
         for d in 0..n {
             if d != self.index && !self.shard.outbox_to_shard(d).is_empty() {
-                shared.blocked[self.index * n + d].store(true, Ordering::Relaxed);
+                shared.blocked[self.index * n + d].mark();
             }
         }
         for &slot in &self.active {
             if !self.shard.outbox_to_client(slot).is_empty() {
                 let ends = self.clients[slot].as_ref().expect("active slot");
-                ends.signals.reply_blocked[self.index].store(true, Ordering::Relaxed);
+                ends.signals.reply_blocked[self.index].mark();
             }
         }
         bell.prepare_sleep();
-        // Re-check every source after announcing sleep (see crate::sync).
+        // Re-check every source after announcing sleep (see crate::mesh::wake).
         let epoch = self.shared.client_epoch[self.index].load(Ordering::Acquire);
         if !self.idle()
             || epoch != self.client_epoch
             || self.shared.terminate.load(Ordering::Acquire)
         {
             bell.cancel_sleep();
+            self.unmark_blocked();
             return;
         }
         let timer = if stopping {
@@ -712,6 +711,7 @@ impl ShardLoop {
         let timeout = Some(timer.map_or(PARK_MAX, |t| t.min(PARK_MAX)));
         if timeout == Some(Duration::ZERO) {
             bell.cancel_sleep();
+            self.unmark_blocked();
             return;
         }
         self.parks += 1;
@@ -722,6 +722,20 @@ impl ShardLoop {
         let mut count = [0u8; 8];
         let _ = (&*doorbell).read(&mut count);
         bell.cancel_sleep();
+        self.unmark_blocked();
+    }
+
+    /// Awake again: takes back the blocked marks `park` set (only the
+    /// producer clears them; see `BlockedFlag`). The next park marks anew.
+    fn unmark_blocked(&self) {
+        let n = self.shared.shard_count();
+        for d in (0..n).filter(|&d| d != self.index) {
+            self.shared.blocked[self.index * n + d].clear();
+        }
+        for &slot in &self.active {
+            let ends = self.clients[slot].as_ref().expect("active slot");
+            ends.signals.reply_blocked[self.index].clear();
+        }
     }
 }
 
