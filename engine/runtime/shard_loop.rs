@@ -21,6 +21,7 @@ use super::{
 use crate::config::IdlePolicy;
 use crate::durability::{self, ShardLog, ShardRecovery};
 use crate::error::Error;
+use crate::metrics::RuntimeFigures;
 use crate::shared::{ClientEnds, Shared};
 
 /// Everything a shard thread starts with.
@@ -643,11 +644,13 @@ impl ShardLoop {
             .map_or((false, 0), |l| (l.poisoned, l.checkpoints));
         self.shared.metrics[self.index].publish(
             self.shard.counters(),
-            self.shard.entity_count(),
-            self.parks,
-            poisoned,
-            checkpoints,
-            self.load,
+            RuntimeFigures {
+                entities: self.shard.entity_count(),
+                parks: self.parks,
+                poisoned,
+                checkpoints,
+                load: self.load,
+            },
         );
         self.shard.take_pauses(&mut self.pauses);
         if !self.pauses.is_empty() {
