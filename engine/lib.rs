@@ -81,7 +81,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-mod client;
+mod clients;
 mod config;
 mod durability;
 mod engine;
@@ -92,9 +92,8 @@ mod metrics;
 mod pin;
 mod runtime;
 mod shared;
-mod sync;
 
-pub use client::{AskFuture, Client, BATCH_CHUNK};
+pub use clients::{AskFuture, Client, BATCH_CHUNK};
 pub use config::{Cores, DurabilityLevel, EngineConfig, IdlePolicy, RebalanceConfig};
 pub use durability::RecoveryReport;
 pub use engine::{Engine, EngineBuilder, MAX_SHARDS};

@@ -1,142 +1,16 @@
 //! State shared by the engine handle, its shard threads and its clients.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use percore_shards::{Envelope, Hot, Kinds};
-use rtrb::{Consumer, Producer};
+use percore_shards::{Hot, Kinds};
 
+use crate::clients::registry::{ClientSlot, SlotPool};
 use crate::config::EngineConfig;
 use crate::mesh::wake::BlockedFlag;
+use crate::mesh::{CachePadded, Doorbell};
 use crate::metrics::MetricsCell;
-use crate::sync::{CachePadded, Doorbell, Parker};
-
-/// What a client shares with the shards: its parker and its state flags.
-pub(crate) struct ClientSignals {
-    /// Shards wake the client through this when they publish replies.
-    pub(crate) parker: Parker,
-    /// Set by the client, with a light barrier, while it checks `stopping` and
-    /// pushes; shutdown waits for it to clear (see `Shared::seal_clients`).
-    pub(crate) busy: CachePadded<AtomicBool>,
-    /// Set when the client handle is dropped; its shards then drain what it
-    /// sent and release the slot.
-    pub(crate) closed: AtomicBool,
-    /// `reply_blocked[shard]`: that shard parked with replies for this client
-    /// waiting on a full reply ring; the client wakes it when it reads.
-    pub(crate) reply_blocked: Vec<BlockedFlag>,
-}
-
-impl ClientSignals {
-    pub(crate) fn new(shards: usize) -> Self {
-        ClientSignals {
-            parker: Parker::default(),
-            busy: CachePadded(AtomicBool::new(false)),
-            closed: AtomicBool::new(false),
-            reply_blocked: (0..shards).map(|_| BlockedFlag::new()).collect(),
-        }
-    }
-}
-
-/// The shard's ends of one client's rings.
-pub(crate) struct ClientEnds {
-    pub(crate) requests: Consumer<Envelope>,
-    pub(crate) replies: Producer<Envelope>,
-    pub(crate) signals: Arc<ClientSignals>,
-}
-
-/// One client slot: the ends offered to each shard, and how many shards still
-/// hold ends of the current occupant.
-pub(crate) struct ClientSlot {
-    pub(crate) offers: Vec<Mutex<Option<ClientEnds>>>,
-    pub(crate) signals: Mutex<Option<Arc<ClientSignals>>>,
-    pub(crate) holders: AtomicUsize,
-}
-
-/// Longest [`Engine::client`](crate::Engine::client) waits for the slot of a
-/// dropped client to be freed when no slot is free. Freeing takes one pass
-/// of each shard (they are woken for it), so this is only reached when a
-/// shard is stuck in a long handler.
-pub(crate) const SLOT_FREE_WAIT_MAX: Duration = Duration::from_secs(1);
-
-/// The free client slots, and how many slots are being freed: a dropped
-/// client's slot returns once every shard has drained its requests, which
-/// happens after `drop` returns; `take` waits for it rather than failing.
-pub(crate) struct SlotPool {
-    state: Mutex<SlotState>,
-    freed: Condvar,
-}
-
-struct SlotState {
-    free: Vec<usize>,
-    /// Slots of dropped clients not yet released by every shard.
-    closing: usize,
-}
-
-impl SlotPool {
-    pub(crate) fn new(slots: usize) -> Self {
-        SlotPool {
-            state: Mutex::new(SlotState {
-                free: (0..slots).rev().collect(),
-                closing: 0,
-            }),
-            freed: Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A free slot. With none free but some being freed, waits for one, up
-    /// to [`SLOT_FREE_WAIT_MAX`], or until `stop` turns true (checked on
-    /// every wakeup; shutdown calls [`SlotPool::wake_all`]).
-    pub(crate) fn take(&self, stop: impl Fn() -> bool) -> Option<usize> {
-        let deadline = Instant::now() + SLOT_FREE_WAIT_MAX;
-        let mut state = self.lock();
-        loop {
-            if let Some(slot) = state.free.pop() {
-                return Some(slot);
-            }
-            let now = Instant::now();
-            if state.closing == 0 || now >= deadline || stop() {
-                return None;
-            }
-            state = self
-                .freed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    /// A client was dropped: its slot will be released.
-    pub(crate) fn closing(&self) {
-        self.lock().closing += 1;
-    }
-
-    /// The last shard let go of a dropped client: its slot is free.
-    pub(crate) fn release(&self, slot: usize) {
-        let mut state = self.lock();
-        debug_assert!(state.closing > 0, "a slot released that was not closing");
-        state.closing = state.closing.saturating_sub(1);
-        state.free.push(slot);
-        drop(state);
-        self.freed.notify_all();
-    }
-
-    /// Returns a slot `take` gave that was not used after all.
-    pub(crate) fn give_back(&self, slot: usize) {
-        self.lock().free.push(slot);
-        self.freed.notify_all();
-    }
-
-    /// Wakes every `take` waiting (shutdown: they re-check and give up).
-    pub(crate) fn wake_all(&self) {
-        let _state = self.lock();
-        self.freed.notify_all();
-    }
-}
 
 /// Per-shard facts the shutdown coordinator reads to detect quiescence
 /// (Mattern's four-counter method: two identical collections of all shards'
@@ -148,6 +22,12 @@ pub(crate) struct Quiescence {
     pub(crate) received: AtomicU64,
 }
 
+/// An empty histogram of migration pauses: 1 ns to 60 s, 2 significant digits.
+pub(crate) fn pause_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("valid bounds")
+}
+
+/// What the engine handle, its shard threads and its clients share.
 pub(crate) struct Shared {
     pub(crate) kinds: Arc<Kinds>,
     pub(crate) config: EngineConfig,
@@ -182,6 +62,40 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The state of a new engine: its configuration, the core of each shard,
+    /// its kinds and the shards' doorbells.
+    pub(crate) fn new(
+        config: EngineConfig,
+        cores: Vec<usize>,
+        kinds: Kinds,
+        doorbells: Vec<Doorbell>,
+    ) -> Self {
+        let n = cores.len();
+        let max_clients = config.max_clients;
+        Shared {
+            kinds: Arc::new(kinds),
+            config,
+            cores,
+            doorbells,
+            metrics: (0..n).map(|_| MetricsCell::default()).collect(),
+            quiescence: (0..n).map(|_| CachePadded(Quiescence::default())).collect(),
+            client_epoch: (0..n).map(|_| CachePadded(AtomicU64::new(0))).collect(),
+            clients: (0..max_clients).map(|_| ClientSlot::new(n)).collect(),
+            slots: SlotPool::new(max_clients),
+            stopping: AtomicBool::new(false),
+            sealed: AtomicBool::new(false),
+            terminate: AtomicBool::new(false),
+            terminated: AtomicBool::new(false),
+            epoch: Instant::now(),
+            loads: (0..n).map(|_| CachePadded(AtomicU64::new(0))).collect(),
+            hottest: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            blocked: (0..n * n)
+                .map(|_| CachePadded(BlockedFlag::new()))
+                .collect(),
+            pauses: (0..n).map(|_| Mutex::new(pause_histogram())).collect(),
+        }
+    }
+
     pub(crate) fn shard_count(&self) -> usize {
         self.cores.len()
     }
@@ -240,7 +154,7 @@ impl Shared {
     /// `stopping` and its push, so every client message is either refused or
     /// already in a ring.
     pub(crate) fn seal_clients(&self) {
-        crate::sync::heavy_barrier();
+        crate::mesh::heavy_barrier();
         for slot in &self.clients {
             let signals = slot
                 .signals

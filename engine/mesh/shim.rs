@@ -11,7 +11,7 @@ pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
 pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use crate::sync::{heavy_barrier, light_barrier};
+pub(crate) use super::barrier::{heavy_barrier, light_barrier};
 
 /// The sender's half of the store-load barrier (loom: a `SeqCst` fence).
 #[cfg(loom)]

@@ -1,12 +1,9 @@
-//! `Client`: how threads outside the engine talk to entities.
+//! The [`Client`] handle: tell, tell_batch, ask (blocking), migrate.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -15,9 +12,11 @@ use percore_shards::table::KeyMap;
 use percore_shards::{AskError, Entity, Envelope, KindId, MoveOutcome, MoveRequest, Op};
 use rtrb::{Consumer, Producer, PushError};
 
+use super::ask::{AskFuture, AskState};
+use super::registry::ClientSignals;
 use crate::error::{ClientAskError, MigrateError, TellBatchError, TellError};
-use crate::shared::{ClientSignals, Shared};
-use crate::sync::{light_barrier, thread_waker};
+use crate::mesh::{light_barrier, thread_waker};
+use crate::shared::Shared;
 
 /// A handle for sending to entities from outside the engine.
 ///
@@ -30,10 +29,10 @@ use crate::sync::{light_barrier, thread_waker};
 /// slot; [`Engine::client`](crate::Engine::client) waits for a slot being
 /// freed, so a new client can be made right after a drop.
 pub struct Client {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     slot: usize,
     sender: SenderId,
-    signals: Arc<ClientSignals>,
+    pub(super) signals: Arc<ClientSignals>,
     requests: RefCell<Vec<Producer<Envelope>>>,
     replies: RefCell<Vec<Consumer<Envelope>>>,
     /// Replies that arrived while waiting for another one.
@@ -339,11 +338,7 @@ impl Client {
             Ok((shard, token)) => AskState::Waiting { shard, token },
             Err(e) => AskState::Failed(e),
         };
-        AskFuture {
-            client: self,
-            state,
-            _entity: PhantomData,
-        }
+        AskFuture::new(self, state)
     }
 
     /// Sends an ask; on failure hands the message back.
@@ -493,7 +488,7 @@ impl Client {
     }
 
     /// Takes the reply for `token` from the stash or the reply ring of `shard`.
-    fn poll_reply(&self, shard: usize, token: u64) -> Option<Envelope> {
+    pub(super) fn poll_reply(&self, shard: usize, token: u64) -> Option<Envelope> {
         {
             let mut stash = self.stash.borrow_mut();
             if !stash.is_empty() {
@@ -543,7 +538,7 @@ impl Client {
         }
     }
 
-    fn abandon<R: Send + 'static>(&self, token: u64) {
+    pub(super) fn abandon<R: Send + 'static>(&self, token: u64) {
         if let Some(env) = self.stash.borrow_mut().remove(&token) {
             drop_reply::<R>(env);
         } else {
@@ -596,7 +591,7 @@ impl Client {
                 return decode_reply(env);
             }
             if !self.shared.terminated.load(Ordering::Acquire) {
-                // Bounded so a deadline is honoured; wakeups are not lost (see sync.rs).
+                // Bounded so a deadline is honoured; wakeups are not lost (see crate::mesh::wake).
                 let nap = deadline.map_or(Duration::from_millis(100), |d| {
                     d.saturating_duration_since(now)
                         .min(Duration::from_millis(100))
@@ -647,7 +642,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn decode_reply<R>(env: Envelope) -> Result<R, AskError> {
+pub(super) fn decode_reply<R>(env: Envelope) -> Result<R, AskError> {
     match env.error_status() {
         Some(err) => Err(err),
         // SAFETY: a successful `ReplyClient` for this token was made by the
@@ -690,58 +685,5 @@ fn backoff(round: u32) {
     } else {
         let us = 1u64 << (round - 32).min(10);
         std::thread::sleep(Duration::from_micros(us));
-    }
-}
-
-enum AskState<M> {
-    Waiting { shard: usize, token: u64 },
-    Failed(ClientAskError<M>),
-    Done,
-}
-
-/// The reply to [`Client::ask_async`] for an entity of kind `E`. Dropping it
-/// before it resolves abandons the ask (its reply is discarded on arrival).
-#[must_use = "the reply is lost unless the future is awaited"]
-pub struct AskFuture<'c, E: Entity> {
-    client: &'c Client,
-    state: AskState<E::Msg>,
-    _entity: PhantomData<fn() -> E>,
-}
-
-// The future is never pinned structurally: its state moves freely.
-impl<E: Entity> Unpin for AskFuture<'_, E> {}
-
-impl<E: Entity> Future for AskFuture<'_, E> {
-    type Output = Result<E::Reply, ClientAskError<E::Msg>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let client = self.client;
-        let (shard, token) = match std::mem::replace(&mut self.state, AskState::Done) {
-            AskState::Waiting { shard, token } => (shard, token),
-            AskState::Failed(e) => return Poll::Ready(Err(e)),
-            AskState::Done => panic!("AskFuture polled after completion"),
-        };
-        if let Some(env) = client.poll_reply(shard, token) {
-            return Poll::Ready(decode_reply(env).map_err(ClientAskError::Failed));
-        }
-        if client.shared.terminated.load(Ordering::Acquire) {
-            client.abandon::<E::Reply>(token);
-            return Poll::Ready(Err(ClientAskError::Failed(AskError::ShuttingDown)));
-        }
-        client.signals.parker.prepare_sleep(cx.waker());
-        if let Some(env) = client.poll_reply(shard, token) {
-            client.signals.parker.cancel_sleep();
-            return Poll::Ready(decode_reply(env).map_err(ClientAskError::Failed));
-        }
-        self.state = AskState::Waiting { shard, token };
-        Poll::Pending
-    }
-}
-
-impl<E: Entity> Drop for AskFuture<'_, E> {
-    fn drop(&mut self) {
-        if let AskState::Waiting { token, .. } = self.state {
-            self.client.abandon::<E::Reply>(token);
-        }
     }
 }
