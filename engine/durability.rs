@@ -133,6 +133,32 @@ pub struct RecoveryReport {
     pub torn_tails: u64,
 }
 
+/// Creates `data_dir` if missing, with errors that name it.
+fn create_data_dir(data_dir: &Path) -> Result<(), Error> {
+    match std::fs::metadata(data_dir) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(Error::DataDirNotADirectory {
+                dir: data_dir.to_path_buf(),
+            })
+        }
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(data_dir).map_err(|source| {
+        // Lost a race with someone who made a file there since.
+        if data_dir.exists() && !data_dir.is_dir() {
+            Error::DataDirNotADirectory {
+                dir: data_dir.to_path_buf(),
+            }
+        } else {
+            Error::DataDir {
+                dir: data_dir.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
 /// Locks `data_dir` (see [`DataDirLock`]), reads every shard log under it
 /// (whatever the shard count that wrote them), folds them (highest version
 /// wins, wherever it is), and hands each entity to the shard that owns it now.
@@ -142,10 +168,7 @@ pub(crate) fn recover(
     kinds: &Kinds,
     shard_count: usize,
 ) -> Result<(Vec<ShardRecovery>, RecoveryReport), Error> {
-    std::fs::create_dir_all(data_dir).map_err(|source| Error::Io {
-        context: "creating the data directory",
-        source,
-    })?;
+    create_data_dir(data_dir)?;
     let lock = Arc::new(DataDirLock::acquire(data_dir)?);
     let logs = recover_data_dir(data_dir).map_err(Error::Log)?;
     let mut report = RecoveryReport::default();

@@ -2,25 +2,23 @@
 //! read metrics, shut down.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use percore_shards::{Codec, DurableState, Entity, Kinds};
 
-use percore_shards::driver::Envelope;
-use rtrb::RingBuffer;
-
-use crate::client::Client;
+use crate::clients::registry;
+use crate::clients::Client;
 use crate::config::{Cores, DurabilityLevel, EngineConfig, IdlePolicy};
 use crate::durability::{self, RecoveryReport};
 use crate::error::Error;
-use crate::metrics::{Metrics, MetricsCell};
+use crate::mesh::{init_barriers, rings, Doorbell};
+use crate::metrics::Metrics;
 use crate::pin;
 use crate::runtime::{spawn_shard, ShardInit};
-use crate::shared::{ClientEnds, ClientSignals, ClientSlot, Quiescence, Shared};
-use crate::sync::{init_barriers, CachePadded, Doorbell};
+use crate::shared::Shared;
 
 /// Most shards one engine runs: the one limit of `percore-shards`.
 pub use percore_shards::MAX_SHARDS;
@@ -180,8 +178,10 @@ impl EngineBuilder {
     ///
     /// [`Error::Config`], [`Error::CoreUnavailable`], [`Error::TooManyShards`],
     /// [`Error::DuplicateKind`], [`Error::NoKinds`],
-    /// [`Error::IoUringUnavailable`], [`Error::Executor`], [`Error::Io`]: each
-    /// says what to change.
+    /// [`Error::IoUringUnavailable`], [`Error::Executor`], [`Error::Io`],
+    /// and for durable kinds [`Error::DataDirNotADirectory`],
+    /// [`Error::DataDir`], [`Error::DataDirLocked`], [`Error::Log`],
+    /// [`Error::Recovery`]: each says what to change.
     pub fn build(self) -> Result<Engine, Error> {
         if let Some(name) = self.duplicate {
             return Err(Error::DuplicateKind { name });
@@ -238,6 +238,9 @@ impl Engine {
         EngineBuilder::new()
     }
 
+    /// Starts the shards of a checked configuration: the ring mesh and
+    /// doorbells, the shared state, then one pinned thread per shard; waits
+    /// until every executor runs (or one failed, and stops the others).
     fn start(
         config: EngineConfig,
         cores: Vec<usize>,
@@ -245,119 +248,44 @@ impl Engine {
         recovery: Option<(Vec<durability::ShardRecovery>, RecoveryReport)>,
     ) -> Result<Engine, Error> {
         let n = cores.len();
-        let cap = config.ring_capacity;
-        let io = |context| move |source| Error::Io { context, source };
-
-        // The ring mesh: rings[from][to].
-        let mut producers: Vec<Vec<Option<rtrb::Producer<Envelope>>>> =
-            (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-        let mut consumers: Vec<Vec<(usize, rtrb::Consumer<Envelope>)>> =
-            (0..n).map(|_| Vec::new()).collect();
-        for (from, row) in producers.iter_mut().enumerate() {
-            for (to, slot) in row.iter_mut().enumerate() {
-                if from != to {
-                    let (p, c) = RingBuffer::new(cap);
-                    *slot = Some(p);
-                    consumers[to].push((from, c));
-                }
-            }
-        }
-
-        let mut doorbells = Vec::with_capacity(n);
-        let mut bell_reads = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (tx, rx) = Doorbell::new().map_err(io("creating a doorbell eventfd"))?;
-            doorbells.push(tx);
-            bell_reads.push(rx);
-        }
-
-        let max_clients = config.max_clients;
-        let shared = Arc::new(Shared {
-            kinds: Arc::new(kinds),
-            config,
-            cores: cores.clone(),
-            doorbells,
-            metrics: (0..n).map(|_| MetricsCell::default()).collect(),
-            quiescence: (0..n).map(|_| CachePadded(Quiescence::default())).collect(),
-            client_epoch: (0..n).map(|_| CachePadded(AtomicU64::new(0))).collect(),
-            clients: (0..max_clients)
-                .map(|_| ClientSlot {
-                    offers: (0..n).map(|_| Mutex::new(None)).collect(),
-                    signals: Mutex::new(None),
-                    holders: AtomicUsize::new(0),
-                })
-                .collect(),
-            free_slots: Mutex::new((0..max_clients).rev().collect()),
-            stopping: AtomicBool::new(false),
-            sealed: AtomicBool::new(false),
-            terminate: AtomicBool::new(false),
-            terminated: AtomicBool::new(false),
-            epoch: Instant::now(),
-            loads: (0..n).map(|_| CachePadded(AtomicU64::new(0))).collect(),
-            hottest: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
-            blocked: (0..n * n)
-                .map(|_| CachePadded(AtomicBool::new(false)))
-                .collect(),
-            pauses: (0..n)
-                .map(|_| {
-                    Mutex::new(
-                        hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
-                            .expect("valid bounds"),
-                    )
-                })
-                .collect(),
-        });
-        let (mut plans, report) = match recovery {
+        let (outbound, inbound) = rings::shard_mesh(n, config.ring_capacity);
+        let (doorbells, bell_reads) = doorbells(n)?;
+        let shared = Arc::new(Shared::new(config, cores, kinds, doorbells));
+        let (plans, report) = match recovery {
             Some((plans, report)) => (plans.into_iter().map(Some).collect(), report),
-            None => (
-                (0..n).map(|_| None).collect::<Vec<_>>(),
-                RecoveryReport::default(),
-            ),
+            None => ((0..n).map(|_| None).collect::<Vec<_>>(), report_none()),
         };
-
-        let (ready_tx, ready_rx) = mpsc::channel();
         let mut engine = Engine {
             shared: shared.clone(),
             threads: Vec::with_capacity(n),
             recovery: report,
             _data_dir_lock: durability::DataDirLock::of(&plans),
         };
-        let inits = producers
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let inits = outbound
             .into_iter()
-            .zip(consumers)
+            .zip(inbound)
             .zip(bell_reads)
+            .zip(plans)
             .enumerate();
-        for (index, ((outbound, inbound), doorbell)) in inits {
+        for (index, (((outbound, inbound), doorbell), recovery)) in inits {
             let init = ShardInit {
                 index,
-                core: cores[index],
+                core: shared.cores[index],
                 shared: shared.clone(),
                 inbound,
                 outbound,
                 doorbell,
-                recovery: plans[index].take(),
+                recovery,
             };
-            let thread =
-                spawn_shard(init, ready_tx.clone()).map_err(io("spawning a shard thread"))?;
+            let thread = spawn_shard(init, ready_tx.clone()).map_err(|source| Error::Io {
+                context: "spawning a shard thread",
+                source,
+            })?;
             engine.threads.push(thread);
         }
         drop(ready_tx);
-        let mut first_error = None;
-        for _ in 0..n {
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_error.get_or_insert(Error::ShardPanicked {
-                        shard: usize::MAX,
-                        message: "a shard thread died while starting".into(),
-                    });
-                }
-            }
-        }
-        match first_error {
+        match first_start_error(&ready_rx, n) {
             None => Ok(engine),
             Some(e) => {
                 // Stop the shards that did start; the error to report is `e`.
@@ -395,50 +323,18 @@ impl Engine {
 
     /// A new client handle (one per thread that sends).
     ///
+    /// A dropped client's slot is freed once every shard has handled what it
+    /// sent; when no slot is free but one is being freed, this waits for it
+    /// (up to a second, in case a shard is busy in a long handler), so
+    /// `drop(client); engine.client()` succeeds with `max_clients(1)`.
+    ///
     /// # Errors
     ///
-    /// [`Error::TooManyClients`] when `max_clients` handles are alive;
+    /// [`Error::TooManyClients`] when `max_clients` handles are alive (or a
+    /// dropped one's slot was not freed within the wait);
     /// [`Error::ShuttingDown`].
     pub fn client(&self) -> Result<Client, Error> {
-        let shared = &self.shared;
-        if shared.stopping.load(Ordering::Acquire) {
-            return Err(Error::ShuttingDown);
-        }
-        let slot = shared
-            .free_slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .ok_or(Error::TooManyClients {
-                max: shared.config.max_clients,
-            })?;
-        let n = self.shard_count();
-        let cap = shared.config.ring_capacity;
-        let signals = Arc::new(ClientSignals::new(shared.shard_count()));
-        let mut requests = Vec::with_capacity(n);
-        let mut replies = Vec::with_capacity(n);
-        let entry = &shared.clients[slot];
-        entry.holders.store(n, Ordering::Release);
-        *entry.signals.lock().unwrap_or_else(|e| e.into_inner()) = Some(signals.clone());
-        for offer in &entry.offers {
-            let (req_tx, req_rx) = RingBuffer::new(cap);
-            let (rep_tx, rep_rx) = RingBuffer::new(cap);
-            requests.push(req_tx);
-            replies.push(rep_rx);
-            *offer.lock().unwrap_or_else(|e| e.into_inner()) = Some(ClientEnds {
-                requests: req_rx,
-                replies: rep_tx,
-                signals: signals.clone(),
-            });
-        }
-        shared.bump_client_epochs();
-        Ok(Client::new(
-            shared.clone(),
-            slot,
-            signals,
-            requests,
-            replies,
-        ))
+        registry::register(&self.shared)
     }
 
     /// A snapshot of every shard's counters. Shards publish at least every
@@ -468,8 +364,7 @@ impl Engine {
     /// Migration pauses over the engine's life, all shards (published with
     /// the metrics, so at most a millisecond behind a busy shard).
     pub fn migration_pauses(&self) -> crate::PauseStats {
-        let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2)
-            .expect("valid bounds");
+        let mut all = crate::shared::pause_histogram();
         for h in &self.shared.pauses {
             let h = h.lock().unwrap_or_else(|e| e.into_inner());
             all.add(&*h).expect("same bounds");
@@ -503,6 +398,7 @@ impl Engine {
             return Ok(self.metrics());
         }
         shared.stopping.store(true, Ordering::SeqCst);
+        shared.slots.wake_all();
         shared.seal_clients();
         shared.sealed.store(true, Ordering::Release);
         for bell in &shared.doorbells {
@@ -564,6 +460,44 @@ impl Engine {
             nap = (nap * 2).min(Duration::from_millis(2));
         }
     }
+}
+
+/// The doorbells of `n` shards, and the eventfds the shards wait on.
+fn doorbells(n: usize) -> Result<(Vec<Doorbell>, Vec<std::fs::File>), Error> {
+    (0..n)
+        .map(|_| Doorbell::new())
+        .collect::<std::io::Result<Vec<_>>>()
+        .map(|pairs| pairs.into_iter().unzip())
+        .map_err(|source| Error::Io {
+            context: "creating a doorbell eventfd",
+            source,
+        })
+}
+
+/// The recovery report of an engine without durable kinds.
+fn report_none() -> RecoveryReport {
+    RecoveryReport::default()
+}
+
+/// Waits for `n` shards to report on `ready`; the first error, if any (a
+/// shard thread that died without reporting counts as one).
+fn first_start_error(ready: &mpsc::Receiver<Result<(), Error>>, n: usize) -> Option<Error> {
+    let mut first_error = None;
+    for _ in 0..n {
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                first_error.get_or_insert(Error::ShardPanicked {
+                    shard: usize::MAX,
+                    message: "a shard thread died while starting".into(),
+                });
+            }
+        }
+    }
+    first_error
 }
 
 impl Drop for Engine {

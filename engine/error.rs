@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use percore_shards::AskError;
+
 /// Errors of building, running and shutting down an engine.
 #[non_exhaustive]
 #[derive(Debug)]
@@ -75,6 +77,19 @@ pub enum Error {
         /// The process holding it, as it wrote itself into the directory's
         /// `LOCK` file (`None` if that could not be read).
         pid: Option<u32>,
+    },
+    /// `data_dir` names something that is not a directory (a regular file,
+    /// say).
+    DataDirNotADirectory {
+        /// The configured data directory.
+        dir: std::path::PathBuf,
+    },
+    /// The data directory could not be created or opened.
+    DataDir {
+        /// The configured data directory.
+        dir: std::path::PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
     },
     /// A recovered entity could not be restored (its state does not decode).
     Recovery {
@@ -151,6 +166,19 @@ impl fmt::Display for Error {
                     "; shut that engine down first, or give this one its own data_dir"
                 )
             }
+            Error::DataDirNotADirectory { dir } => write!(
+                f,
+                "data directory {} exists but is not a directory; point `data_dir` at a \
+                 directory (it is created if missing), or move that file away",
+                dir.display()
+            ),
+            Error::DataDir { dir, source } => write!(
+                f,
+                "data directory {} cannot be created: {source}; point `data_dir` at a \
+                 directory this process may create and write (every parent must be a \
+                 directory)",
+                dir.display()
+            ),
             Error::Recovery { shard, detail } => {
                 write!(
                     f,
@@ -165,7 +193,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io { source, .. } => Some(source),
+            Error::Io { source, .. } | Error::DataDir { source, .. } => Some(source),
             Error::Log(e) => Some(e),
             _ => None,
         }
@@ -260,3 +288,136 @@ impl<M> fmt::Display for TellError<M> {
 }
 
 impl<M> std::error::Error for TellError<M> {}
+
+/// Why a client's ask failed. Hands the message back whenever it was not
+/// sent (`Full`, `ShuttingDown`, `UnknownKind`); once it was sent, the
+/// message belongs to the entity and only the reason comes back (`Failed`).
+#[non_exhaustive]
+#[derive(PartialEq, Eq)]
+pub enum ClientAskError<M> {
+    /// The ring to the entity's shard stayed full for `send_wait_us_max`;
+    /// the request was not sent.
+    Full(M),
+    /// The engine was shutting down before the request was sent.
+    ShuttingDown(M),
+    /// The kind is not registered with this engine.
+    UnknownKind(M),
+    /// The request was sent and no reply came: the handler panicked, the
+    /// engine shut down before replying, the caller's timeout passed, or a
+    /// durable change failed (see [`AskError`]).
+    Failed(AskError),
+}
+
+impl<M> ClientAskError<M> {
+    /// The reason as an [`AskError`] (`Full`, `ShuttingDown`, `UnknownKind`
+    /// or the reason of `Failed`).
+    pub fn error(&self) -> AskError {
+        match self {
+            ClientAskError::Full(_) => AskError::Full,
+            ClientAskError::ShuttingDown(_) => AskError::ShuttingDown,
+            ClientAskError::UnknownKind(_) => AskError::UnknownKind,
+            ClientAskError::Failed(e) => *e,
+        }
+    }
+
+    /// The message, if it was never sent.
+    pub fn into_message(self) -> Option<M> {
+        match self {
+            ClientAskError::Full(m)
+            | ClientAskError::ShuttingDown(m)
+            | ClientAskError::UnknownKind(m) => Some(m),
+            ClientAskError::Failed(_) => None,
+        }
+    }
+
+    /// Whether the message was never sent (and is in the error).
+    pub fn is_unsent(&self) -> bool {
+        !matches!(self, ClientAskError::Failed(_))
+    }
+}
+
+impl<M> From<ClientAskError<M>> for AskError {
+    /// Forgets the message (dropping it), keeping the reason.
+    fn from(e: ClientAskError<M>) -> AskError {
+        e.error()
+    }
+}
+
+impl<M> From<TellError<M>> for ClientAskError<M> {
+    fn from(e: TellError<M>) -> Self {
+        match e {
+            TellError::Full(m) => ClientAskError::Full(m),
+            TellError::ShuttingDown(m) => ClientAskError::ShuttingDown(m),
+            TellError::UnknownKind(m) => ClientAskError::UnknownKind(m),
+        }
+    }
+}
+
+impl<M> fmt::Debug for ClientAskError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientAskError::Full(_) => f.write_str("Full(..)"),
+            ClientAskError::ShuttingDown(_) => f.write_str("ShuttingDown(..)"),
+            ClientAskError::UnknownKind(_) => f.write_str("UnknownKind(..)"),
+            ClientAskError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
+}
+
+impl<M> fmt::Display for ClientAskError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientAskError::Failed(e) => fmt::Display::fmt(e, f),
+            _ => write!(f, "{} (the message was not sent)", self.error()),
+        }
+    }
+}
+
+impl<M> std::error::Error for ClientAskError<M> {}
+
+/// Why [`Client::tell_batch`](crate::Client::tell_batch) stopped: how many
+/// messages it sent (a prefix of the batch, in order) and, in `unsent`, every
+/// `(key, message)` after them, in batch order, beginning with the one that
+/// could not be sent.
+#[non_exhaustive]
+#[derive(PartialEq, Eq)]
+pub struct TellBatchError<M> {
+    /// Messages sent before the failure (a prefix of the batch).
+    pub sent: usize,
+    /// Why sending stopped. Its payload is `()`: the messages are in
+    /// `unsent`.
+    pub reason: TellError<()>,
+    /// The rest of the batch, in order, first the message that failed.
+    pub unsent: Vec<(u64, M)>,
+}
+
+impl<M> TellBatchError<M> {
+    /// The unsent rest of the batch, in order.
+    pub fn into_unsent(self) -> Vec<(u64, M)> {
+        self.unsent
+    }
+}
+
+impl<M> fmt::Debug for TellBatchError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TellBatchError")
+            .field("sent", &self.sent)
+            .field("reason", &self.reason)
+            .field("unsent", &self.unsent.len())
+            .finish()
+    }
+}
+
+impl<M> fmt::Display for TellBatchError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} after sending {} messages; {} handed back unsent",
+            self.reason,
+            self.sent,
+            self.unsent.len()
+        )
+    }
+}
+
+impl<M> std::error::Error for TellBatchError<M> {}

@@ -27,7 +27,8 @@
 //!   addressing them the same way. [`Ctx::pin`] or `const MOVABLE = false`
 //!   keeps them put.
 //! - Nothing is dropped silently: full rings give backpressure
-//!   ([`TellError::Full`] hands the message back), handler sends wait in a
+//!   ([`TellError::Full`] and [`ClientAskError::Full`] hand the message
+//!   back, [`TellBatchError`] every unsent one), handler sends wait in a
 //!   bounded overflow queue.
 //!
 //! ## Example
@@ -80,23 +81,23 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-mod client;
+mod clients;
 mod config;
 mod durability;
 mod engine;
 mod error;
 pub mod log;
+mod mesh;
 mod metrics;
 mod pin;
 mod runtime;
 mod shared;
-mod sync;
 
-pub use client::{AskFuture, Client, BATCH_CHUNK};
+pub use clients::{AskFuture, Client, BATCH_CHUNK};
 pub use config::{Cores, DurabilityLevel, EngineConfig, IdlePolicy, RebalanceConfig};
 pub use durability::RecoveryReport;
 pub use engine::{Engine, EngineBuilder, MAX_SHARDS};
-pub use error::{Error, MigrateError, TellError};
+pub use error::{ClientAskError, Error, MigrateError, TellBatchError, TellError};
 pub use metrics::{Metrics, PauseStats, ShardMetrics};
 pub use percore_shards::{
     AskError, Ctx, DecodeError, DurableState, Entity, EntityId, Hot, KindId, SendError, TimerId,

@@ -1,58 +1,16 @@
 //! State shared by the engine handle, its shard threads and its clients.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use percore_shards::{Hot, Kinds};
 
-use percore_shards::driver::Envelope;
-use rtrb::{Consumer, Producer};
-
+use crate::clients::registry::{ClientSlot, SlotPool};
 use crate::config::EngineConfig;
+use crate::mesh::wake::BlockedFlag;
+use crate::mesh::{CachePadded, Doorbell};
 use crate::metrics::MetricsCell;
-use crate::sync::{CachePadded, Doorbell, Parker};
-
-/// What a client shares with the shards: its parker and its state flags.
-pub(crate) struct ClientSignals {
-    /// Shards wake the client through this when they publish replies.
-    pub(crate) parker: Parker,
-    /// Set by the client, with a light barrier, while it checks `stopping` and
-    /// pushes; shutdown waits for it to clear (see `Shared::seal_clients`).
-    pub(crate) busy: CachePadded<AtomicBool>,
-    /// Set when the client handle is dropped; its shards then drain what it
-    /// sent and release the slot.
-    pub(crate) closed: AtomicBool,
-    /// `reply_blocked[shard]`: that shard parked with replies for this client
-    /// waiting on a full reply ring; the client wakes it when it reads.
-    pub(crate) reply_blocked: Vec<AtomicBool>,
-}
-
-impl ClientSignals {
-    pub(crate) fn new(shards: usize) -> Self {
-        ClientSignals {
-            parker: Parker::default(),
-            busy: CachePadded(AtomicBool::new(false)),
-            closed: AtomicBool::new(false),
-            reply_blocked: (0..shards).map(|_| AtomicBool::new(false)).collect(),
-        }
-    }
-}
-
-/// The shard's ends of one client's rings.
-pub(crate) struct ClientEnds {
-    pub(crate) requests: Consumer<Envelope>,
-    pub(crate) replies: Producer<Envelope>,
-    pub(crate) signals: Arc<ClientSignals>,
-}
-
-/// One client slot: the ends offered to each shard, and how many shards still
-/// hold ends of the current occupant.
-pub(crate) struct ClientSlot {
-    pub(crate) offers: Vec<Mutex<Option<ClientEnds>>>,
-    pub(crate) signals: Mutex<Option<Arc<ClientSignals>>>,
-    pub(crate) holders: AtomicUsize,
-}
 
 /// Per-shard facts the shutdown coordinator reads to detect quiescence
 /// (Mattern's four-counter method: two identical collections of all shards'
@@ -64,6 +22,12 @@ pub(crate) struct Quiescence {
     pub(crate) received: AtomicU64,
 }
 
+/// An empty histogram of migration pauses: 1 ns to 60 s, 2 significant digits.
+pub(crate) fn pause_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("valid bounds")
+}
+
+/// What the engine handle, its shard threads and its clients share.
 pub(crate) struct Shared {
     pub(crate) kinds: Arc<Kinds>,
     pub(crate) config: EngineConfig,
@@ -74,7 +38,7 @@ pub(crate) struct Shared {
     /// Bumped (per shard) when a client registers or closes.
     pub(crate) client_epoch: Vec<CachePadded<AtomicU64>>,
     pub(crate) clients: Vec<ClientSlot>,
-    pub(crate) free_slots: Mutex<Vec<usize>>,
+    pub(crate) slots: SlotPool,
     /// Clients refuse new work once this is set.
     pub(crate) stopping: AtomicBool,
     /// Set once `seal_clients` has returned: from then on no client pushes,
@@ -94,10 +58,44 @@ pub(crate) struct Shared {
     pub(crate) pauses: Vec<Mutex<hdrhistogram::Histogram<u64>>>,
     /// `blocked[from * n + to]`: shard `from` parked with envelopes for
     /// shard `to` waiting on a full ring; `to` wakes it when it frees room.
-    pub(crate) blocked: Vec<CachePadded<AtomicBool>>,
+    pub(crate) blocked: Vec<CachePadded<BlockedFlag>>,
 }
 
 impl Shared {
+    /// The state of a new engine: its configuration, the core of each shard,
+    /// its kinds and the shards' doorbells.
+    pub(crate) fn new(
+        config: EngineConfig,
+        cores: Vec<usize>,
+        kinds: Kinds,
+        doorbells: Vec<Doorbell>,
+    ) -> Self {
+        let n = cores.len();
+        let max_clients = config.max_clients;
+        Shared {
+            kinds: Arc::new(kinds),
+            config,
+            cores,
+            doorbells,
+            metrics: (0..n).map(|_| MetricsCell::default()).collect(),
+            quiescence: (0..n).map(|_| CachePadded(Quiescence::default())).collect(),
+            client_epoch: (0..n).map(|_| CachePadded(AtomicU64::new(0))).collect(),
+            clients: (0..max_clients).map(|_| ClientSlot::new(n)).collect(),
+            slots: SlotPool::new(max_clients),
+            stopping: AtomicBool::new(false),
+            sealed: AtomicBool::new(false),
+            terminate: AtomicBool::new(false),
+            terminated: AtomicBool::new(false),
+            epoch: Instant::now(),
+            loads: (0..n).map(|_| CachePadded(AtomicU64::new(0))).collect(),
+            hottest: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            blocked: (0..n * n)
+                .map(|_| CachePadded(BlockedFlag::new()))
+                .collect(),
+            pauses: (0..n).map(|_| Mutex::new(pause_histogram())).collect(),
+        }
+    }
+
     pub(crate) fn shard_count(&self) -> usize {
         self.cores.len()
     }
@@ -148,10 +146,7 @@ impl Shared {
                 .signals
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = None;
-            self.free_slots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(slot);
+            self.slots.release(slot);
         }
     }
 
@@ -159,7 +154,7 @@ impl Shared {
     /// `stopping` and its push, so every client message is either refused or
     /// already in a ring.
     pub(crate) fn seal_clients(&self) {
-        crate::sync::heavy_barrier();
+        crate::mesh::heavy_barrier();
         for slot in &self.clients {
             let signals = slot
                 .signals

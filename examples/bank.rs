@@ -559,7 +559,7 @@ pub fn settle(engine: &Engine, accounts: u64, with_applied: bool) -> Result<Ledg
     });
     client
         .tell_batch::<Account, _>(touch)
-        .map_err(|(_, e)| format!("activating accounts: {e}"))?;
+        .map_err(|e| format!("activating accounts: {e}"))?;
     let read = |with_applied: bool| -> Result<Ledger, String> {
         let mut ledger = Ledger::default();
         for key in 0..accounts {

@@ -184,7 +184,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             (b, start)
         }))
-        .map_err(|(_, e)| e.to_string())?;
+        .map_err(|e| e.to_string())?;
 
     // Poll the booths until every request is answered and every hold has
     // either been confirmed or lapsed.

@@ -28,7 +28,7 @@ use percore::bytemuck::{Pod, Zeroable};
 use percore::log::{
     list_segments, list_shard_dirs, recover_data_dir, recover_shard, shard_dir, RecordType,
 };
-use percore::{AskError, Ctx, DurabilityLevel, DurableState, Engine, Entity};
+use percore::{AskError, ClientAskError, Ctx, DurabilityLevel, DurableState, Engine, Entity};
 
 use common_durable::{
     durable_engine, guarded, keys_on_shard, wait_for_metrics, DataDir, SEGMENT_LEN_BYTES,
@@ -428,7 +428,9 @@ fn panicking_durable_handler_restores_its_last_logged_state() {
                 client.ask::<Cell>(key, CellMsg::Add(5)).unwrap();
             }
             assert_eq!(
-                client.ask::<Cell>(key, CellMsg::AddThenPanic(100)),
+                client
+                    .ask::<Cell>(key, CellMsg::AddThenPanic(100))
+                    .map_err(AskError::from),
                 Err(AskError::Panicked)
             );
             assert_eq!(get(&client, key), (15, 3), "back at its last logged state");
@@ -443,7 +445,9 @@ fn panicking_durable_handler_restores_its_last_logged_state() {
         // afresh, as a plain entity would.
         let fresh = 777;
         assert_eq!(
-            client.ask::<Cell>(fresh, CellMsg::AddThenPanic(9)),
+            client
+                .ask::<Cell>(fresh, CellMsg::AddThenPanic(9))
+                .map_err(AskError::from),
             Err(AskError::Panicked)
         );
         assert_eq!(get(&client, fresh), (0, 0));
@@ -789,7 +793,7 @@ fn durable_asks_between_entities_on_two_busy_shards_never_stall() {
                         let (from, to) = (x % 200, (x >> 20) % 200);
                         match client.ask_timeout::<Relay>(from, RelayMsg::Forward(to), STALL) {
                             Ok(_) => {}
-                            Err(AskError::Timeout) => {
+                            Err(ClientAskError::Failed(AskError::Timeout)) => {
                                 stalled.fetch_add(1, Ordering::SeqCst);
                                 return;
                             }

@@ -76,15 +76,22 @@ fn a_panic_keeps_the_changes_of_its_pass_that_were_acknowledged() {
                 .unwrap();
             let client = engine.client().unwrap();
             for key in 0..KEYS {
-                assert_eq!(client.ask::<Purse>(key, PurseMsg::Deposit(10)), Ok(10));
+                assert_eq!(
+                    client
+                        .ask::<Purse>(key, PurseMsg::Deposit(10))
+                        .map_err(AskError::from),
+                    Ok(10)
+                );
                 // Sent now, awaited later: in the shard's next pass with the
                 // panicking ask whenever the two arrive together.
                 let deposit = client.ask_async::<Purse>(key, PurseMsg::Deposit(7));
                 assert_eq!(
-                    client.ask::<Purse>(key, PurseMsg::DepositThenPanic(5)),
+                    client
+                        .ask::<Purse>(key, PurseMsg::DepositThenPanic(5))
+                        .map_err(AskError::from),
                     Err(AskError::Panicked)
                 );
-                let reply = block_on(deposit);
+                let reply = block_on(deposit).map_err(AskError::from);
                 assert_eq!(
                     reply,
                     Ok(17),
@@ -106,7 +113,9 @@ fn a_panic_keeps_the_changes_of_its_pass_that_were_acknowledged() {
         let client = engine.client().unwrap();
         for (key, expected) in (0..KEYS).zip(acknowledged) {
             assert_eq!(
-                client.ask::<Purse>(key, PurseMsg::Balance),
+                client
+                    .ask::<Purse>(key, PurseMsg::Balance)
+                    .map_err(AskError::from),
                 Ok(expected),
                 "key {key} after a restart"
             );

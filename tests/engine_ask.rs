@@ -183,7 +183,9 @@ fn blocking_ask_after_abandoned_asks_filled_the_reply_ring_gets_its_reply() {
         for id in 0..3 {
             drop(client.ask_async::<Echo>(1, EchoMsg::Ask(id)));
         }
-        client.ask::<Echo>(1, EchoMsg::Ask(3))
+        client
+            .ask::<Echo>(1, EchoMsg::Ask(3))
+            .map_err(AskError::from)
     });
     assert_eq!(reply, Ok((1, 3, 4)));
 }
@@ -205,7 +207,9 @@ fn timed_out_ask_leaves_its_late_reply_to_no_one() {
         .unwrap();
     recv(&started, "blocking handler start");
     // The shard is stuck in a handler we control: no reply can come.
-    let timed_out = client.ask_timeout::<Echo>(2, EchoMsg::Ask(7), Duration::from_millis(20));
+    let timed_out = client
+        .ask_timeout::<Echo>(2, EchoMsg::Ask(7), Duration::from_millis(20))
+        .map_err(AskError::from);
     assert_eq!(timed_out, Err(AskError::Timeout));
     release.send(()).unwrap();
     // The late reply to id 7 arrives first on the same ring and is discarded.
@@ -217,11 +221,16 @@ fn asking_a_panicking_handler_returns_panicked() {
     let engine = echo_engine(2);
     let client = engine.client().unwrap();
     assert_eq!(
-        client.ask::<Echo>(3, EchoMsg::Panic),
+        client
+            .ask::<Echo>(3, EchoMsg::Panic)
+            .map_err(AskError::from),
         Err(AskError::Panicked)
     );
     let future = client.ask_async::<Echo>(3, EchoMsg::Panic);
-    assert_eq!(block_on(future), Err(AskError::Panicked));
+    assert_eq!(
+        block_on(future).map_err(AskError::from),
+        Err(AskError::Panicked)
+    );
     assert_eq!(client.ask::<Echo>(3, EchoMsg::Ask(5)).unwrap(), (3, 5, 1));
 }
 

@@ -344,7 +344,9 @@ fn try_tell_hands_the_message_back_when_the_ring_is_full() {
         Err(TellError::Full(SinkMsg::Seq { seq, .. })) if seq == accepted
     ));
     assert_eq!(
-        client.ask::<Sink>(1, seq_msg(accepted)),
+        client
+            .ask::<Sink>(1, seq_msg(accepted))
+            .map_err(AskError::from),
         Err(AskError::Full)
     );
 

@@ -209,7 +209,10 @@ fn sending_to_an_unregistered_kind_hands_the_message_back() {
         client.try_tell::<Stranger>(1, 43),
         Err(TellError::UnknownKind(43))
     ));
-    assert_eq!(client.ask::<Stranger>(1, 44), Err(AskError::UnknownKind));
+    assert_eq!(
+        client.ask::<Stranger>(1, 44).map_err(AskError::from),
+        Err(AskError::UnknownKind)
+    );
 }
 
 /// A TOML file in the temporary directory, removed when dropped.

@@ -84,7 +84,9 @@ fn send_known_traffic(engine: &Engine) {
         .unwrap();
     for key in 0..KEYS {
         assert_eq!(
-            client.ask::<Counter>(key, CounterMsg::Get),
+            client
+                .ask::<Counter>(key, CounterMsg::Get)
+                .map_err(percore::AskError::from),
             Ok(TELLS_PER_KEY)
         );
     }

@@ -80,19 +80,41 @@ fn panicking_handler_fails_its_asker_and_its_entity_comes_back_fresh() {
     client
         .tell::<Fragile>(victim, FragileMsg::Watch(drops.clone()))
         .unwrap();
-    assert_eq!(client.ask::<Fragile>(victim, FragileMsg::Add(5)), Ok(5));
-    assert_eq!(client.ask::<Fragile>(bystander, FragileMsg::Add(7)), Ok(7));
+    assert_eq!(
+        client
+            .ask::<Fragile>(victim, FragileMsg::Add(5))
+            .map_err(AskError::from),
+        Ok(5)
+    );
+    assert_eq!(
+        client
+            .ask::<Fragile>(bystander, FragileMsg::Add(7))
+            .map_err(AskError::from),
+        Ok(7)
+    );
 
     assert_eq!(
-        client.ask::<Fragile>(victim, FragileMsg::Panic),
+        client
+            .ask::<Fragile>(victim, FragileMsg::Panic)
+            .map_err(AskError::from),
         Err(AskError::Panicked)
     );
     assert_eq!(drops.load(Ordering::SeqCst), 1, "the old state was dropped");
 
     // Fresh: neither the 5 nor the half-done panic survived.
-    assert_eq!(client.ask::<Fragile>(victim, FragileMsg::Add(1)), Ok(1));
+    assert_eq!(
+        client
+            .ask::<Fragile>(victim, FragileMsg::Add(1))
+            .map_err(AskError::from),
+        Ok(1)
+    );
     // The bystander on the same shard kept its state and is still served.
-    assert_eq!(client.ask::<Fragile>(bystander, FragileMsg::Add(1)), Ok(8));
+    assert_eq!(
+        client
+            .ask::<Fragile>(bystander, FragileMsg::Add(1))
+            .map_err(AskError::from),
+        Ok(8)
+    );
 
     drop(client);
     let metrics = engine.shutdown().unwrap();
@@ -117,7 +139,12 @@ fn panic_on_a_told_message_leaves_the_senders_later_messages_in_order() {
     }
     for key in 0..8 {
         // Only what came after the panic counts, all of it.
-        assert_eq!(client.ask::<Fragile>(key, FragileMsg::Add(0)), Ok(20));
+        assert_eq!(
+            client
+                .ask::<Fragile>(key, FragileMsg::Add(0))
+                .map_err(AskError::from),
+            Ok(20)
+        );
     }
     drop(client);
     let metrics = engine.shutdown().unwrap();
@@ -133,12 +160,24 @@ fn panicking_activation_fails_the_asker_and_the_shard_serves_on() {
     let client = engine.client().unwrap();
     for round in 1..=3 {
         assert_eq!(
-            client.ask::<Fragile>(UNBORN, FragileMsg::Add(1)),
+            client
+                .ask::<Fragile>(UNBORN, FragileMsg::Add(1))
+                .map_err(AskError::from),
             Err(AskError::Panicked)
         );
-        assert_eq!(client.ask::<Fragile>(1, FragileMsg::Add(1)), Ok(round));
+        assert_eq!(
+            client
+                .ask::<Fragile>(1, FragileMsg::Add(1))
+                .map_err(AskError::from),
+            Ok(round)
+        );
     }
-    assert_eq!(client.ask::<Fragile>(1, FragileMsg::Add(0)), Ok(3));
+    assert_eq!(
+        client
+            .ask::<Fragile>(1, FragileMsg::Add(0))
+            .map_err(AskError::from),
+        Ok(3)
+    );
     drop(client);
     let metrics = engine.shutdown().unwrap();
     assert_eq!(metrics.total().panics, 3);
@@ -155,7 +194,9 @@ fn many_threads_keep_being_served_while_one_entity_keeps_panicking() {
             scope.spawn(move || {
                 for _ in 0..ROUNDS {
                     assert_eq!(
-                        panicker.ask::<Fragile>(0, FragileMsg::Panic),
+                        panicker
+                            .ask::<Fragile>(0, FragileMsg::Panic)
+                            .map_err(AskError::from),
                         Err(AskError::Panicked)
                     );
                 }
@@ -164,7 +205,12 @@ fn many_threads_keep_being_served_while_one_entity_keeps_panicking() {
                 let client = engine.client().unwrap();
                 scope.spawn(move || {
                     for round in 1..=ROUNDS {
-                        assert_eq!(client.ask::<Fragile>(key, FragileMsg::Add(1)), Ok(round));
+                        assert_eq!(
+                            client
+                                .ask::<Fragile>(key, FragileMsg::Add(1))
+                                .map_err(AskError::from),
+                            Ok(round)
+                        );
                     }
                 });
             }

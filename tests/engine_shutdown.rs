@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
-use percore::{AskError, Ctx, Entity, TellError};
+use percore::{AskError, ClientAskError, Ctx, Entity, TellError};
 
 use common::{guarded, recv, test_engine};
 
@@ -204,7 +204,8 @@ fn shutdown_with_messages_in_flight_handles_each_accepted_message_exactly_once()
                             assert_eq!(echo, seq, "an ask got another's reply");
                             sent.accepted.push(seq);
                         }
-                        Err(AskError::ShuttingDown) => {
+                        Err(ClientAskError::ShuttingDown(back)) => {
+                            assert_eq!(back.seq, seq, "the refused ask's message comes back");
                             sent.refused = Some(seq);
                             break;
                         }
@@ -237,7 +238,10 @@ fn shutdown_with_messages_in_flight_handles_each_accepted_message_exactly_once()
                 seq: u64::MAX,
                 log: log.clone(),
             };
-            assert_eq!(client.ask::<Front>(0, hit), Err(AskError::ShuttingDown));
+            assert_eq!(
+                client.ask::<Front>(0, hit).map_err(AskError::from),
+                Err(AskError::ShuttingDown)
+            );
             sent
         }));
     }
@@ -314,16 +318,26 @@ fn client_of_a_shut_down_engine_is_refused_and_gets_its_message_back() {
         client.try_tell::<Front>(1, hit(2)),
         Err(TellError::ShuttingDown(Hit { seq: 2, .. }))
     ));
-    assert!(matches!(
-        client.tell_batch::<Front, _>([(1, hit(3)), (2, hit(4))]),
-        Err((0, TellError::ShuttingDown(Hit { seq: 3, .. })))
-    ));
-    assert_eq!(client.ask::<Front>(1, hit(5)), Err(AskError::ShuttingDown));
-    let future = client.ask_async::<Front>(1, hit(6));
+    let batch = client
+        .tell_batch::<Front, _>([(1, hit(3)), (2, hit(4))])
+        .unwrap_err();
     assert_eq!(
-        futures_lite::future::block_on(future),
-        Err(AskError::ShuttingDown)
+        (batch.sent, &batch.reason),
+        (0, &TellError::ShuttingDown(()))
     );
+    assert!(matches!(
+        batch.unsent.as_slice(),
+        [(1, Hit { seq: 3, .. }), (2, Hit { seq: 4, .. })]
+    ));
+    assert!(matches!(
+        client.ask::<Front>(1, hit(5)),
+        Err(ClientAskError::ShuttingDown(Hit { seq: 5, .. }))
+    ));
+    let future = client.ask_async::<Front>(1, hit(6));
+    assert!(matches!(
+        futures_lite::future::block_on(future),
+        Err(ClientAskError::ShuttingDown(Hit { seq: 6, .. }))
+    ));
     assert_handled("after the shutdown", &log.of(0, 0), &first);
 }
 
@@ -386,7 +400,10 @@ fn shutdown_of_an_idle_engine_joins_its_threads() {
             seq: key,
             log: log.clone(),
         };
-        assert_eq!(client.ask::<Front>(key, hit), Ok(key));
+        assert_eq!(
+            client.ask::<Front>(key, hit).map_err(AskError::from),
+            Ok(key)
+        );
     }
     let metrics = guarded("shutdown", move || engine.shutdown()).unwrap();
     assert_eq!(metrics.shards.len(), 4);

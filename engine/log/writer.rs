@@ -161,8 +161,8 @@ pub struct LogConfig {
     pub staged_len_bytes_max: usize,
     /// Default [`Durability::Synced`].
     pub durability: Durability,
-    /// Write end of a connected socket (or pipe) the writer writes one byte to
-    /// after each flush, so a parked shard thread wakes up. The caller owns it and
+    /// An eventfd (the shard's doorbell) the writer adds 1 to (an 8-byte
+    /// write) after each flush, so a parked shard thread wakes up. The caller owns it and
     /// keeps it open while the writer lives; it should be non-blocking. Default
     /// `None`.
     pub wake_fd: Option<RawFd>,

@@ -8,16 +8,21 @@
 //! timers; run the local queue by at most [`LOCAL_BATCH`]; publish every
 //! outbox in one batch per destination and ring the doorbells of sleepers.
 //! With nothing to do it follows the idle policy: poll, spin then park, or
-//! park (see `crate::sync` for the wakeup protocol).
+//! park (see `crate::mesh::wake` for the wakeup protocol).
 //!
 //! A shard that keeps finding a trickle of work pass after pass (a stream of
 //! single tells) gathers before its next pass: it waits, polling its rings
 //! only every [`GATHER_CHECK_SPINS`] pauses, until a batch has formed or the
 //! stream stalls (see `ShardLoop::gather`).
 
+mod client_ends;
+mod idle;
+mod publish;
 mod shard_loop;
+mod spawn;
+mod windows;
 
-pub(crate) use shard_loop::{spawn_shard, ShardInit};
+pub(crate) use spawn::{spawn_shard, ShardInit};
 
 /// Most envelopes taken from one inbound ring per pass, so one busy sender
 /// cannot starve the others (fairness), and a pass stays short.

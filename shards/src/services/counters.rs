@@ -81,3 +81,74 @@ pub struct Counters {
     /// Longest migration pause, nanoseconds.
     pub pause_ns_max: u64,
 }
+
+impl Counters {
+    /// Adds `other`'s counts to these (the longest pause is a maximum): the
+    /// engine's totals over its shards. The one place that lists every
+    /// counter; the destructuring makes a counter added and missed here a
+    /// compile error.
+    pub fn add(&mut self, other: &Counters) {
+        let Counters {
+            handled,
+            sent,
+            overflowed,
+            activations,
+            deactivations,
+            panics,
+            ring_full,
+            timers_fired,
+            busy_ns,
+            records_logged,
+            records_failed,
+            gated_released,
+            gated_dropped,
+            migrations_out,
+            migrations_in,
+            forwarded,
+            rerouted,
+            route_hits,
+            route_misses,
+            route_switches,
+            bounced,
+            held,
+            moves_refused,
+            moves_deferred,
+            asks_refused,
+            hints_dropped,
+            bounce_overflows,
+            pauses_dropped,
+            pause_ns_total,
+            pause_ns_max,
+        } = *other;
+        self.handled += handled;
+        self.sent += sent;
+        self.overflowed += overflowed;
+        self.activations += activations;
+        self.deactivations += deactivations;
+        self.panics += panics;
+        self.ring_full += ring_full;
+        self.timers_fired += timers_fired;
+        self.busy_ns += busy_ns;
+        self.records_logged += records_logged;
+        self.records_failed += records_failed;
+        self.gated_released += gated_released;
+        self.gated_dropped += gated_dropped;
+        self.migrations_out += migrations_out;
+        self.migrations_in += migrations_in;
+        self.forwarded += forwarded;
+        self.rerouted += rerouted;
+        self.route_hits += route_hits;
+        self.route_misses += route_misses;
+        self.route_switches += route_switches;
+        self.bounced += bounced;
+        self.held += held;
+        self.moves_refused += moves_refused;
+        self.moves_deferred += moves_deferred;
+        self.asks_refused += asks_refused;
+        self.hints_dropped += hints_dropped;
+        self.bounce_overflows += bounce_overflows;
+        self.pauses_dropped += pauses_dropped;
+        self.pause_ns_total += pause_ns_total;
+        self.pause_ns_max = self.pause_ns_max.max(pause_ns_max);
+    }
+}

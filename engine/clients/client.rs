@@ -1,12 +1,9 @@
-//! `Client`: how threads outside the engine talk to entities.
+//! The [`Client`] handle: tell, tell_batch, ask (blocking), migrate.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -16,9 +13,11 @@ use percore_shards::driver::{SenderId, CLIENT_BIT};
 use percore_shards::{AskError, Entity, KindId};
 use rtrb::{Consumer, Producer, PushError};
 
-use crate::error::{MigrateError, TellError};
-use crate::shared::{ClientSignals, Shared};
-use crate::sync::{light_barrier, thread_waker};
+use super::ask::{AskFuture, AskState};
+use super::registry::ClientSignals;
+use crate::error::{ClientAskError, MigrateError, TellBatchError, TellError};
+use crate::mesh::{light_barrier, thread_waker};
+use crate::shared::Shared;
 
 /// A handle for sending to entities from outside the engine.
 ///
@@ -27,12 +26,14 @@ use crate::sync::{light_barrier, thread_waker};
 /// reply ring per shard, so its sends need no locks). Messages from one client
 /// to one entity are handled in the order they were sent.
 ///
-/// Dropping a client lets the shards finish what it sent, then frees its slot.
+/// Dropping a client lets the shards finish what it sent, then frees its
+/// slot; [`Engine::client`](crate::Engine::client) waits for a slot being
+/// freed, so a new client can be made right after a drop.
 pub struct Client {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     slot: usize,
     sender: SenderId,
-    signals: Arc<ClientSignals>,
+    pub(super) signals: Arc<ClientSignals>,
     requests: RefCell<Vec<Producer<Envelope>>>,
     replies: RefCell<Vec<Consumer<Envelope>>>,
     /// Replies that arrived while waiting for another one.
@@ -184,37 +185,34 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// Stops at the first message that cannot be sent, with how many were sent
-    /// before it (a prefix of `batch`) and that message handed back. The
-    /// messages staged in the same chunk after it (at most
-    /// `BATCH_CHUNK - 1`) are dropped; the rest of `batch` is not consumed.
-    pub fn tell_batch<E: Entity, I>(&self, batch: I) -> Result<usize, (usize, TellError<E::Msg>)>
+    /// Stops at the first message that cannot be sent and returns a
+    /// [`TellBatchError`]: how many were sent (a prefix of `batch`), why it
+    /// stopped (as [`Client::tell`]: full after the wait, shutting down,
+    /// unknown kind), and every message not sent — the one that failed, the
+    /// rest of its chunk and the rest of `batch` — with its key, in batch
+    /// order. No message is dropped.
+    pub fn tell_batch<E: Entity, I>(&self, batch: I) -> Result<usize, TellBatchError<E::Msg>>
     where
         I: IntoIterator<Item = (u64, E::Msg)>,
     {
         let mut batch = batch.into_iter();
         let Some(kind) = self.shared.kinds.id_of::<E>() else {
-            return match batch.next() {
-                Some((_, msg)) => Err((0, TellError::UnknownKind(msg))),
-                None => Ok(0),
-            };
+            return batch_result(0, TellError::UnknownKind(()), Vec::new(), batch);
         };
         if let Err(fail) = self.enter() {
-            return match batch.next() {
-                Some((_, msg)) => Err((0, fail.into_tell_error(msg))),
-                None => Ok(0),
-            };
+            return batch_result(0, fail.into_tell_error(()), Vec::new(), batch);
         }
         let mut requests = self.requests.borrow_mut();
         let mut run = self.run.borrow_mut();
         let mut run_shard = usize::MAX;
+        // The message in hand when a publish failed: it was never staged.
         let mut failed = None;
         self.published.set(0);
         for (key, msg) in batch.by_ref() {
             let shard = self.home(kind, key);
             if (shard != run_shard && !run.is_empty()) || run.len() == BATCH_CHUNK {
-                if let Err(e) = self.publish(&mut requests[run_shard], run_shard, &mut run) {
-                    failed = Some(e);
+                if let Err(fail) = self.publish(&mut requests[run_shard], run_shard, &mut run) {
+                    failed = Some((fail, Some((key, msg))));
                     break;
                 }
             }
@@ -226,35 +224,37 @@ impl Client {
             run.push(env.with_route(self.sender, 0));
         }
         if failed.is_none() && !run.is_empty() {
-            if let Err(e) = self.publish(&mut requests[run_shard], run_shard, &mut run) {
-                failed = Some(e);
+            if let Err(fail) = self.publish(&mut requests[run_shard], run_shard, &mut run) {
+                failed = Some((fail, None));
             }
         }
         let total = self.published.take();
         self.leave();
-        let result = match failed {
-            None => Ok(total),
-            Some((env, fail)) => {
-                // SAFETY: made above with `E::Msg`.
-                let msg = unsafe { env.take::<E::Msg>() };
-                Err((total, fail.into_tell_error(msg)))
-            }
+        let Some((fail, in_hand)) = failed else {
+            debug_assert!(run.is_empty());
+            return Ok(total);
         };
-        run.clear();
-        result
+        // Unsent, in batch order: what is left of the staged run (the failed
+        // envelope first), the message in hand, the rest of the batch.
+        let mut unsent: Vec<(u64, E::Msg)> = run
+            .drain(..)
+            // SAFETY: every staged envelope was made above with `E::Msg`.
+            .map(|env| (env.key, unsafe { env.take::<E::Msg>() }))
+            .collect();
+        unsent.extend(in_hand);
+        batch_result(total, fail.into_tell_error(()), unsent, batch)
     }
 
     /// Publishes `run` (envelopes for `shard`) in chunks as room allows,
     /// waiting like `push`; counts what it published in `self.published`.
-    /// On failure the first unsent envelope is handed back; the rest of the
-    /// run stays in `run` for the caller to discard.
-    #[allow(clippy::result_large_err)] // see `send_one`
+    /// On failure every unsent envelope stays in `run`, in order, for the
+    /// caller to hand back.
     fn publish(
         &self,
         ring: &mut Producer<Envelope>,
         shard: usize,
         run: &mut Vec<Envelope>,
-    ) -> Result<(), (Envelope, PushFail)> {
+    ) -> Result<(), PushFail> {
         let mut deadline = None;
         let mut round = 0u32;
         loop {
@@ -285,7 +285,7 @@ impl Client {
                     // Re-enter so the caller's `leave` pairs up.
                     let _ = self.enter();
                 }
-                return Err((run.remove(0), fail));
+                return Err(fail);
             }
         }
     }
@@ -294,29 +294,39 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// [`AskError::Panicked`] if the handler panicked, [`AskError::ShuttingDown`],
-    /// [`AskError::Full`] if the ring stayed full for `send_wait_us_max`,
-    /// [`AskError::UnknownKind`]. The message is dropped in every case.
-    pub fn ask<E: Entity>(&self, key: u64, msg: E::Msg) -> Result<E::Reply, AskError> {
+    /// When the request was not sent the message comes back:
+    /// [`ClientAskError::Full`] if the ring stayed full for
+    /// `send_wait_us_max`, [`ClientAskError::ShuttingDown`],
+    /// [`ClientAskError::UnknownKind`]. Once it was sent,
+    /// [`ClientAskError::Failed`] says why no reply came
+    /// ([`AskError::Panicked`], [`AskError::ShuttingDown`], a durable change
+    /// that failed); the message was the entity's by then.
+    pub fn ask<E: Entity>(
+        &self,
+        key: u64,
+        msg: E::Msg,
+    ) -> Result<E::Reply, ClientAskError<E::Msg>> {
         let (shard, token) = self.send_ask::<E>(key, msg)?;
         self.wait_reply::<E::Reply>(shard, token, None)
+            .map_err(ClientAskError::Failed)
     }
 
     /// Like [`Client::ask`], giving up after `timeout`.
     ///
     /// # Errors
     ///
-    /// As [`Client::ask`], plus [`AskError::Timeout`]; a late reply is
-    /// discarded when it arrives.
+    /// As [`Client::ask`], plus `Failed(`[`AskError::Timeout`]`)`; a late
+    /// reply is discarded when it arrives.
     pub fn ask_timeout<E: Entity>(
         &self,
         key: u64,
         msg: E::Msg,
         timeout: Duration,
-    ) -> Result<E::Reply, AskError> {
+    ) -> Result<E::Reply, ClientAskError<E::Msg>> {
         let deadline = Instant::now() + timeout;
         let (shard, token) = self.send_ask::<E>(key, msg)?;
         self.wait_reply::<E::Reply>(shard, token, Some(deadline))
+            .map_err(ClientAskError::Failed)
     }
 
     /// Asks without blocking the thread: a future that resolves to the reply
@@ -326,23 +336,25 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// The future resolves to the errors of [`Client::ask`].
-    pub fn ask_async<E: Entity>(&self, key: u64, msg: E::Msg) -> AskFuture<'_, E::Reply> {
+    /// The future resolves to the errors of [`Client::ask`]; a request that
+    /// could not be sent hands its message back in the error.
+    pub fn ask_async<E: Entity>(&self, key: u64, msg: E::Msg) -> AskFuture<'_, E> {
         let state = match self.send_ask::<E>(key, msg) {
             Ok((shard, token)) => AskState::Waiting { shard, token },
             Err(e) => AskState::Failed(e),
         };
-        AskFuture {
-            client: self,
-            state,
-            _reply: PhantomData,
-        }
+        AskFuture::new(self, state)
     }
 
-    fn send_ask<E: Entity>(&self, key: u64, msg: E::Msg) -> Result<(usize, u64), AskError> {
+    /// Sends an ask; on failure hands the message back.
+    fn send_ask<E: Entity>(
+        &self,
+        key: u64,
+        msg: E::Msg,
+    ) -> Result<(usize, u64), ClientAskError<E::Msg>> {
         let env = match self.shared.kinds.message::<E>(key, Op::AskClient, msg) {
             Ok(env) => env,
-            Err(_) => return Err(AskError::UnknownKind),
+            Err(msg) => return Err(ClientAskError::UnknownKind(msg)),
         };
         let shard = self.home(env.kind, key);
         let token = self.next_token.get();
@@ -354,12 +366,9 @@ impl Client {
                 Ok((shard, token))
             }
             Err((env, fail)) => {
-                // SAFETY: made above with `E::Msg`; dropped like any unsent message.
-                drop(unsafe { env.take::<E::Msg>() });
-                Err(match fail {
-                    PushFail::Full => AskError::Full,
-                    PushFail::ShuttingDown => AskError::ShuttingDown,
-                })
+                // SAFETY: made above with `E::Msg`.
+                let msg = unsafe { env.take::<E::Msg>() };
+                Err(fail.into_tell_error(msg).into())
             }
         }
     }
@@ -485,7 +494,7 @@ impl Client {
     }
 
     /// Takes the reply for `token` from the stash or the reply ring of `shard`.
-    fn poll_reply(&self, shard: usize, token: u64) -> Option<Envelope> {
+    pub(super) fn poll_reply(&self, shard: usize, token: u64) -> Option<Envelope> {
         {
             let mut stash = self.stash.borrow_mut();
             if !stash.is_empty() {
@@ -512,12 +521,10 @@ impl Client {
                 self.file_stray(env);
             }
             // A shard with more replies for a full ring parks until told there
-            // is room; it says so before it announces sleep (see the shard
-            // loop's `park`), and this load pairs with its barrier.
-            light_barrier();
-            let blocked = &self.signals.reply_blocked[from];
-            if blocked.load(Ordering::Relaxed) {
-                blocked.store(false, Ordering::Relaxed);
+            // is room; it says so before it announces sleep and unsays it once
+            // awake (see the shard loop's `park` and `BlockedFlag`), and this
+            // load pairs with its barrier.
+            if self.signals.reply_blocked[from].wake_needed() {
                 self.shared.doorbells[from].notify();
             }
             if found.is_some() {
@@ -537,7 +544,7 @@ impl Client {
         }
     }
 
-    fn abandon<R: Send + 'static>(&self, token: u64) {
+    pub(super) fn abandon<R: Send + 'static>(&self, token: u64) {
         if let Some(env) = self.stash.borrow_mut().remove(&token) {
             drop_reply::<R>(env);
         } else {
@@ -590,7 +597,7 @@ impl Client {
                 return decode_reply(env);
             }
             if !self.shared.terminated.load(Ordering::Acquire) {
-                // Bounded so a deadline is honoured; wakeups are not lost (see sync.rs).
+                // Bounded so a deadline is honoured; wakeups are not lost (see crate::mesh::wake).
                 let nap = deadline.map_or(Duration::from_millis(100), |d| {
                     d.saturating_duration_since(now)
                         .min(Duration::from_millis(100))
@@ -627,6 +634,9 @@ impl Drop for Client {
                 }
             }
         }
+        // Counted as closing before any shard can see `closed` and release
+        // the slot, so `Engine::client` knows to wait for it.
+        self.shared.slots.closing();
         self.signals.closed.store(true, Ordering::Release);
         self.shared.bump_client_epochs();
     }
@@ -638,7 +648,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn decode_reply<R>(env: Envelope) -> Result<R, AskError> {
+pub(super) fn decode_reply<R>(env: Envelope) -> Result<R, AskError> {
     match env.error_status() {
         Some(err) => Err(err),
         // SAFETY: a successful `ReplyClient` for this token was made by the
@@ -651,6 +661,26 @@ fn drop_reply<R>(env: Envelope) {
     drop(decode_reply::<R>(env));
 }
 
+/// The batch's error's error with `unsent` followed by what is left
+/// of `rest` (the messages the batch never reached), in order.
+fn batch_result<M>(
+    sent: usize,
+    reason: TellError<()>,
+    mut unsent: Vec<(u64, M)>,
+    rest: impl Iterator<Item = (u64, M)>,
+) -> Result<usize, TellBatchError<M>> {
+    unsent.extend(rest);
+    if unsent.is_empty() {
+        // An empty batch: nothing was refused.
+        return Ok(sent);
+    }
+    Err(TellBatchError {
+        sent,
+        reason,
+        unsent,
+    })
+}
+
 /// Waits without burning a core: a few spins, then yields, then sleeps
 /// growing to 1 ms.
 fn backoff(round: u32) {
@@ -661,55 +691,5 @@ fn backoff(round: u32) {
     } else {
         let us = 1u64 << (round - 32).min(10);
         std::thread::sleep(Duration::from_micros(us));
-    }
-}
-
-enum AskState {
-    Waiting { shard: usize, token: u64 },
-    Failed(AskError),
-    Done,
-}
-
-/// The reply to [`Client::ask_async`]. Dropping it before it resolves abandons
-/// the ask (its reply is discarded on arrival).
-#[must_use = "the reply is lost unless the future is awaited"]
-pub struct AskFuture<'c, R: Send + 'static> {
-    client: &'c Client,
-    state: AskState,
-    _reply: PhantomData<fn() -> R>,
-}
-
-impl<R: Send + 'static> Future for AskFuture<'_, R> {
-    type Output = Result<R, AskError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let client = self.client;
-        let (shard, token) = match std::mem::replace(&mut self.state, AskState::Done) {
-            AskState::Waiting { shard, token } => (shard, token),
-            AskState::Failed(e) => return Poll::Ready(Err(e)),
-            AskState::Done => panic!("AskFuture polled after completion"),
-        };
-        if let Some(env) = client.poll_reply(shard, token) {
-            return Poll::Ready(decode_reply(env));
-        }
-        if client.shared.terminated.load(Ordering::Acquire) {
-            client.abandon::<R>(token);
-            return Poll::Ready(Err(AskError::ShuttingDown));
-        }
-        client.signals.parker.prepare_sleep(cx.waker());
-        if let Some(env) = client.poll_reply(shard, token) {
-            client.signals.parker.cancel_sleep();
-            return Poll::Ready(decode_reply(env));
-        }
-        self.state = AskState::Waiting { shard, token };
-        Poll::Pending
-    }
-}
-
-impl<R: Send + 'static> Drop for AskFuture<'_, R> {
-    fn drop(&mut self) {
-        if let AskState::Waiting { token, .. } = self.state {
-            self.client.abandon::<R>(token);
-        }
     }
 }
