@@ -53,7 +53,7 @@ impl<E: Entity> Future for AskFuture<'_, E> {
             return Poll::Ready(decode_reply(env).map_err(ClientAskError::Failed));
         }
         if client.shared.terminated.load(Ordering::Acquire) {
-            client.abandon::<E::Reply>(token);
+            client.abandon(token);
             return Poll::Ready(Err(ClientAskError::Failed(AskError::ShuttingDown)));
         }
         client.signals.parker.prepare_sleep(cx.waker());
@@ -69,7 +69,7 @@ impl<E: Entity> Future for AskFuture<'_, E> {
 impl<E: Entity> Drop for AskFuture<'_, E> {
     fn drop(&mut self) {
         if let AskState::Waiting { token, .. } = self.state {
-            self.client.abandon::<E::Reply>(token);
+            self.client.abandon(token);
         }
     }
 }

@@ -38,9 +38,9 @@ pub struct Client {
     replies: RefCell<Vec<Consumer<Envelope>>>,
     /// Replies that arrived while waiting for another one.
     stash: RefCell<KeyMap<Envelope>>,
-    /// Asks whose caller stopped waiting (timeout, dropped future), with how
-    /// to drop their reply's payload when it arrives.
-    abandoned: RefCell<KeyMap<fn(Envelope)>>,
+    /// Asks whose caller stopped waiting (timeout, dropped future): their
+    /// replies are dropped on arrival (an envelope drops its own payload).
+    abandoned: RefCell<KeyMap<()>>,
     next_token: Cell<u64>,
     thread_waker: RefCell<Option<(ThreadId, Waker)>>,
     /// `tell_batch`'s staging run, kept to reuse its allocation.
@@ -537,20 +537,16 @@ impl Client {
     /// A reply for another ask: keep it for its asker, or drop it if its asker
     /// gave up.
     fn file_stray(&self, env: Envelope) {
-        if let Some(drop_reply) = self.abandoned.borrow_mut().remove(&env.token) {
-            drop_reply(env);
+        if self.abandoned.borrow_mut().remove(&env.token).is_some() {
+            drop(env);
         } else {
             self.stash.borrow_mut().insert(env.token, env);
         }
     }
 
-    pub(super) fn abandon<R: Send + 'static>(&self, token: u64) {
-        if let Some(env) = self.stash.borrow_mut().remove(&token) {
-            drop_reply::<R>(env);
-        } else {
-            self.abandoned
-                .borrow_mut()
-                .insert(token, drop_reply::<R> as fn(Envelope));
+    pub(super) fn abandon(&self, token: u64) {
+        if self.stash.borrow_mut().remove(&token).is_none() {
+            self.abandoned.borrow_mut().insert(token, ());
         }
     }
 
@@ -572,7 +568,7 @@ impl Client {
                 if let Some(env) = self.poll_reply(shard, token) {
                     return decode_reply(env);
                 }
-                self.abandon::<R>(token);
+                self.abandon(token);
                 return Err(AskError::ShuttingDown);
             }
             // The clock is read every 64 polls while spinning; with no spin
@@ -584,7 +580,7 @@ impl Client {
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                self.abandon::<R>(token);
+                self.abandon(token);
                 return Err(AskError::Timeout);
             }
             if now < spin_until {
@@ -624,14 +620,12 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // Replies that will never be read: drop them (payloads of unknown type
-        // leak; only replies to abandoned asks are dropped properly).
-        let abandoned = std::mem::take(&mut *self.abandoned.borrow_mut());
+        // Replies that will never be read: dropped here, payloads with them
+        // (what the shards answer after this, they drop when they see the
+        // client closed).
         for ring in self.replies.borrow_mut().iter_mut() {
             while let Ok(env) = ring.pop() {
-                if let Some(d) = abandoned.get(&env.token) {
-                    d(env);
-                }
+                drop(env);
             }
         }
         // Counted as closing before any shard can see `closed` and release
@@ -655,10 +649,6 @@ pub(super) fn decode_reply<R>(env: Envelope) -> Result<R, AskError> {
         // handler of the kind asked, whose reply type is `R`.
         None => Ok(unsafe { env.take::<R>() }),
     }
-}
-
-fn drop_reply<R>(env: Envelope) {
-    drop(decode_reply::<R>(env));
 }
 
 /// The batch's error's error with `unsent` followed by what is left
