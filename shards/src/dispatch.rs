@@ -47,7 +47,7 @@ pub(crate) trait ErasedTable {
     /// When the entity is not live here and `activate` is false, hands the
     /// envelope back untouched instead of activating it (it may live on
     /// another shard).
-    fn deliver(&mut self, env: Envelope, svc: &mut Services, activate: bool) -> Option<Envelope>;
+    fn deliver(&mut self, env: Envelope, svc: &mut Services, activate: bool);
     /// Starts loading the index lines `deliver` will read first for entities
     /// `keys` (see [`Shard::prefetch`](crate::driver::Shard::prefetch)).
     fn prefetch(&self, keys: &[u64]);
@@ -129,6 +129,21 @@ struct DurableSide<E> {
     preimage_valid: bool,
 }
 
+impl<E> DurableSide<E> {
+    /// Before a handler of the entity at `slot` runs: if it changed earlier
+    /// in this pass and is not yet logged, keeps its state as the last
+    /// handler left it, so a panic goes back to it and not past changes whose
+    /// outputs the gate already holds.
+    #[inline]
+    fn keep_preimage(&mut self, slot: Slot, state: &E) {
+        self.preimage_valid = self.meta[slot].dirty;
+        if self.preimage_valid {
+            self.preimage.clear();
+            (self.codec.encode)(state, &mut self.preimage);
+        }
+    }
+}
+
 /// A live entity in its table: its heat beside its state, so a delivery
 /// reads one slab entry (key, heat and state together) after the index
 /// line. `versus --child percore activate`: one slab push per activation
@@ -194,6 +209,56 @@ impl<E: Entity> KindTable<E> {
         self.table.remove(slot).state
     }
 
+    /// Activates entity `key` at `vacancy` (its first message). `None`
+    /// when `activate` panicked.
+    #[inline]
+    fn activate_at(&mut self, key: u64, vacancy: Vacancy, svc: &mut Services) -> Option<Slot> {
+        match catch_unwind(|| E::activate(key)) {
+            Ok(state) => {
+                svc.counters_mut().activations += 1;
+                Some(self.insert(key, state, Some(vacancy), |retired| LogState {
+                    version: retired.remove(&key).unwrap_or(0),
+                    ..LogState::default()
+                }))
+            }
+            Err(_) => {
+                svc.counters_mut().panics += 1;
+                None
+            }
+        }
+    }
+
+    /// The entity at `slot` stopped itself: a durable one is deleted (a
+    /// tombstone), its timers are cancelled, its state dropped.
+    #[inline]
+    fn stopped(&mut self, slot: Slot, id: EntityId, svc: &mut Services) {
+        if let Some(d) = &mut self.durable {
+            let version = d.meta[slot].version + 1;
+            d.retired.insert(id.key, version);
+            svc.gate_mut().push_tombstone(Tombstone {
+                kind_hash: self.hash,
+                key: id.key,
+                version,
+            });
+        }
+        svc.timers_mut().cancel_owned_by(id);
+        drop_state(self.remove(slot), svc);
+    }
+
+    /// The handler of the entity at `slot` panicked: its timers are
+    /// cancelled and it restarts (afresh, or a durable one from the state
+    /// the last handler that returned left).
+    #[inline]
+    fn panicked(&mut self, slot: Slot, id: EntityId, svc: &mut Services) {
+        svc.counters_mut().panics += 1;
+        svc.timers_mut().cancel_owned_by(id);
+        if self.durable.is_none() {
+            drop_state(self.remove(slot), svc);
+        } else if self.restart_durable(slot, svc) {
+            svc.counters_mut().deactivations += 1;
+        }
+    }
+
     /// Restarts the durable entity at `slot` after its handler panicked: back
     /// to the state the last handler that returned left it in. That is its
     /// pre-image if it changed earlier in this pass (it stays dirty, so the
@@ -248,34 +313,29 @@ impl<E: Entity> KindTable<E> {
 }
 
 impl<E: Entity> ErasedTable for KindTable<E> {
-    fn deliver(&mut self, env: Envelope, svc: &mut Services, activate: bool) -> Option<Envelope> {
+    fn deliver(&mut self, env: Envelope, svc: &mut Services, activate: bool) {
         debug_assert_eq!(env.kind, self.kind);
-        let (key, op, sender, token) = (env.key, env.op, env.sender, env.token);
+        let (key, op, sender, token, status) = (env.key, env.op, env.sender, env.token, env.status);
         let id = EntityId::new(self.kind, key);
-        let found = self.table.find_or_vacancy(key);
-        if found.is_err() && !activate {
-            return Some(env);
-        }
         // SAFETY: an envelope addressed to this kind with a message operation was
         // made by `Envelope::new::<E::Msg>`: the client (through `Kinds::message`)
         // and `Ctx` look the kind id up from `E`'s type, and kind ids are the same
-        // on every shard (`Shard::deliver`'s contract).
+        // on every shard (`Shard::deliver`'s contract). Taken before the lookup
+        // so the envelope is not kept alive across it (`msgcost deliver`).
         let msg = unsafe { env.take::<E::Msg>() };
-        let slot = match found {
+        let slot = match self.table.find_or_vacancy(key) {
             Ok(slot) => slot,
-            Err(vacancy) => match catch_unwind(|| E::activate(key)) {
-                Ok(state) => {
-                    svc.counters_mut().activations += 1;
-                    self.insert(key, state, Some(vacancy), |retired| LogState {
-                        version: retired.remove(&key).unwrap_or(0),
-                        ..LogState::default()
-                    })
-                }
-                Err(_) => {
-                    svc.counters_mut().panics += 1;
-                    svc.fail(op, sender, token, id, AskError::Panicked);
-                    return None;
-                }
+            // Not here, and it may live elsewhere: the same envelope again,
+            // for the shard to route (rare: only on shards entities moved
+            // to or from).
+            Err(_) if !activate => {
+                let mut env = Envelope::new(self.kind, key, op, msg).with_route(sender, token);
+                env.status = status;
+                return svc.set_missed(env);
+            }
+            Err(vacancy) => match self.activate_at(key, vacancy, svc) {
+                Some(slot) => slot,
+                None => return svc.fail(op, sender, token, id, AskError::Panicked),
             },
         };
         // Heat: one compare and one increment per message; the fold into the
@@ -290,17 +350,13 @@ impl<E: Entity> ErasedTable for KindTable<E> {
         cell.count += 1;
         let durable = self.durable.is_some();
         if let Some(d) = &mut self.durable {
-            // Changed earlier in this pass and not yet logged: keep the state
-            // as the last handler left it, so a panic goes back to it and not
-            // past changes whose outputs the gate already holds.
-            d.preimage_valid = d.meta[slot].dirty;
-            if d.preimage_valid {
-                d.preimage.clear();
-                (d.codec.encode)(&live.state, &mut d.preimage);
-            }
+            d.keep_preimage(slot, &live.state);
         }
-        // Everything a durable handler emits waits for the log (the output gate).
-        svc.gate_mut().set(durable, id);
+        // Everything a durable handler emits waits for the log (the output gate;
+        // open for every other handler, so plain kinds never touch it).
+        if durable {
+            svc.gate_mut().set(true, id);
+        }
         let mut ctx = Ctx::<E>::new(svc, id);
         let state = &mut live.state;
         let outcome = catch_unwind(AssertUnwindSafe(|| state.handle(msg, &mut ctx)));
@@ -309,17 +365,7 @@ impl<E: Entity> ErasedTable for KindTable<E> {
         match outcome {
             Ok(reply) => {
                 if stop {
-                    if let Some(d) = &mut self.durable {
-                        let version = d.meta[slot].version + 1;
-                        d.retired.insert(key, version);
-                        svc.gate_mut().push_tombstone(Tombstone {
-                            kind_hash: self.hash,
-                            key,
-                            version,
-                        });
-                    }
-                    svc.timers_mut().cancel_owned_by(id);
-                    drop_state(self.remove(slot), svc);
+                    self.stopped(slot, id, svc);
                 } else if let Some(d) = &mut self.durable {
                     let meta = &mut d.meta[slot];
                     if !meta.dirty {
@@ -330,18 +376,13 @@ impl<E: Entity> ErasedTable for KindTable<E> {
                 svc.answer(op, sender, token, id, reply);
             }
             Err(_) => {
-                svc.counters_mut().panics += 1;
-                svc.timers_mut().cancel_owned_by(id);
-                if !durable {
-                    drop_state(self.remove(slot), svc);
-                } else if self.restart_durable(slot, svc) {
-                    svc.counters_mut().deactivations += 1;
-                }
+                self.panicked(slot, id, svc);
                 svc.fail(op, sender, token, id, AskError::Panicked);
             }
         }
-        svc.gate_mut().open();
-        None
+        if durable {
+            svc.gate_mut().open();
+        }
     }
 
     fn prefetch(&self, keys: &[u64]) {
@@ -599,16 +640,11 @@ impl Tables {
     /// request to the shard's moves); when the entity is not live here and
     /// `activate` is false, hands it back.
     #[inline]
-    pub(crate) fn deliver_here_if(
-        &mut self,
-        env: Envelope,
-        svc: &mut Services,
-        activate: bool,
-    ) -> Option<Envelope> {
+    pub(crate) fn deliver_here_if(&mut self, env: Envelope, svc: &mut Services, activate: bool) {
         debug_assert!(env.status == 0 && !matches!(env.op, Op::Switch | Op::Rejoin));
         if env.op == Op::Migrate {
             svc.moves_mut().request(PendingMove::of_request(&env));
-            return None;
+            return;
         }
         let kind = env.kind as usize;
         debug_assert!(kind < self.list.len(), "envelope of unknown kind");
@@ -619,9 +655,8 @@ impl Tables {
     /// if needed.
     #[inline]
     pub(crate) fn deliver_here(&mut self, env: Envelope, svc: &mut Services) {
-        if let Some(env) = self.deliver_here_if(env, svc, true) {
-            unreachable!("{env:?} was not delivered");
-        }
+        self.deliver_here_if(env, svc, true);
+        debug_assert!(svc.take_missed().is_none(), "an activating delivery missed");
     }
 
     /// The table of `kind`.

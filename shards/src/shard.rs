@@ -94,8 +94,11 @@ impl Shard {
                 // so settled moves cost the deliveries that hit nothing.
                 if env.status == 0 && self.mig.quiet() {
                     let activate = self.mig.no_places();
-                    if let Some(env) = self.tables.deliver_here_if(env, &mut self.svc, activate) {
-                        self.proto().route_addressed(env);
+                    self.tables.deliver_here_if(env, &mut self.svc, activate);
+                    if !activate {
+                        if let Some(env) = self.svc.take_missed() {
+                            self.proto().route_addressed(env);
+                        }
                     }
                 } else {
                     self.proto().route_addressed(env);

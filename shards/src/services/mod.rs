@@ -76,9 +76,25 @@ pub(crate) struct Services {
     heat: Heat,
     moves: Moves,
     routes: RouteCache,
+    /// A message the fast path found no entity for, on a shard entities moved
+    /// to or from: handed back to the shard to route (see `Shard::dispatch`).
+    missed: Option<Envelope>,
 }
 
 impl Services {
+    /// Hands back a message the fast path could not deliver here.
+    #[inline]
+    pub(crate) fn set_missed(&mut self, env: Envelope) {
+        debug_assert!(self.missed.is_none());
+        self.missed = Some(env);
+    }
+
+    /// The message the last fast-path delivery handed back, if any.
+    #[inline]
+    pub(crate) fn take_missed(&mut self) -> Option<Envelope> {
+        self.missed.take()
+    }
+
     pub(crate) fn new(spec: ShardSpec, kinds: Arc<KindIndex>) -> Self {
         spec.check();
         Services {
@@ -93,6 +109,7 @@ impl Services {
             heat: Heat::default(),
             moves: Moves::default(),
             routes: RouteCache::default(),
+            missed: None,
         }
     }
 
@@ -321,32 +338,40 @@ impl Services {
         }
     }
 
+    // NB: the reply paths test the gate themselves and push straight to
+    // their queue: through the general `emit` (which also routes entity
+    // messages) the compiler kept a call per reply (`msgcost ask`).
     #[inline]
     fn queue_for_client(&mut self, sender: SenderId, env: Envelope) {
         debug_assert!(sender & CLIENT_BIT != 0);
         let slot = (sender & !CLIENT_BIT) as usize;
-        self.emit(Route::Client(slot), env);
+        if self.gate.is_closed() {
+            self.hold(Route::Client(slot), env);
+        } else {
+            self.out.client_outbox(slot).push(env);
+        }
     }
 
     #[inline]
     fn queue_for_origin(&mut self, shard: SenderId, env: Envelope) {
         let shard = shard as usize;
-        let route = if shard == self.spec.shard {
-            Route::Local
+        if self.gate.is_closed() {
+            let route = if shard == self.spec.shard {
+                Route::Local
+            } else {
+                Route::Shard(shard)
+            };
+            self.hold(route, env);
         } else {
-            Route::Shard(shard)
-        };
-        self.emit(route, env);
+            self.out.push_to_shard(shard, env);
+        }
     }
 
-    /// Queues an envelope on its route, or holds it behind the output gate.
-    #[inline]
-    fn emit(&mut self, route: Route, env: Envelope) {
-        if self.gate.is_closed() {
-            self.gate.hold(route, env);
-        } else {
-            self.route(route, env);
-        }
+    /// Holds an output of a durable handler behind the gate.
+    #[cold]
+    #[inline(never)]
+    fn hold(&mut self, route: Route, env: Envelope) {
+        self.gate.hold(route, env);
     }
 
     #[inline]
