@@ -18,15 +18,17 @@
 //! - `local`: an entity's tell to a neighbour on its shard (send, local
 //!   queue, deliver);
 //! - `ask`: a client ask to a live entity, its reply taken from the outbox
-//!   (in batches of 64, as the runtime publishes).
+//!   (in batches of 64, as the runtime publishes);
+//! - `local_moved`: `local` on a shard of two from which an unrelated entity
+//!   has moved away to the other (a settled move must cost nothing here).
 
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use percore::{Ctx, Entity};
-use percore_shards::driver::{Envelope, Op, Shard, ShardSpec, CLIENT_BIT};
-use percore_shards::Kinds;
+use percore_shards::driver::{Envelope, MoveRequest, Op, Shard, ShardSpec, CLIENT_BIT, NO_REPLY};
+use percore_shards::{kind_hash, Kinds};
 
 /// Adds what it is sent; with a non-zero `relay`, tells that many
 /// neighbours' worth of messages to key + 1 instead.
@@ -59,17 +61,62 @@ impl Entity for Sink {
     }
 }
 
-fn shard() -> (Shard, Arc<Kinds>) {
+fn shards(count: usize) -> (Vec<Shard>, Arc<Kinds>) {
     let mut kinds = Kinds::new();
     kinds.register::<Sink>().expect("one kind");
     let kinds = Arc::new(kinds);
-    let spec = ShardSpec {
-        shard: 0,
-        shard_count: 1,
-        client_slots: 1,
-        overflow_cap: 1 << 20,
-    };
-    (Shard::new(spec, kinds.clone()), kinds)
+    let shards = (0..count)
+        .map(|shard| {
+            let spec = ShardSpec {
+                shard,
+                shard_count: count,
+                client_slots: 1,
+                overflow_cap: 1 << 20,
+            };
+            Shard::new(spec, kinds.clone())
+        })
+        .collect();
+    (shards, kinds)
+}
+
+/// Moves every envelope between the shards until none is left to move.
+fn settle(shards: &mut [Shard]) {
+    loop {
+        let mut moved = 0;
+        for from in 0..shards.len() {
+            shards[from].run_local(usize::MAX);
+            if shards[from].has_moves() {
+                shards[from].run_moves();
+            }
+            for to in 0..shards.len() {
+                let out = shards[from].outbox_to_shard(to);
+                let n = out.len();
+                let envs: Vec<Envelope> = out.drain(n).collect();
+                moved += envs.len();
+                for env in envs {
+                    deliver(&mut shards[to], env);
+                    let _ = shards[to].take_fences();
+                }
+            }
+            let out = shards[from].outbox_to_client(0);
+            let n = out.len();
+            out.drain(n).for_each(drop);
+        }
+        if moved == 0 {
+            return;
+        }
+    }
+}
+
+/// Keys of `Sink` homed on shard 0 of two: a pair of neighbours (k, k + 1)
+/// and another key.
+fn keys_on_first_of_two() -> (u64, u64) {
+    let home = |key| percore_shards::driver::home_shard(kind_hash(Sink::KIND), key, 2);
+    let pair = (0..)
+        .find(|&k| home(k) == 0 && home(k + 1) == 0)
+        .expect("a pair");
+    let other = (pair + 2..).find(|&k| home(k) == 0).expect("a key");
+    (pair, other)
 }
 
 fn message(kinds: &Kinds, key: u64, op: Op, msg: Msg) -> Envelope {
@@ -84,24 +131,54 @@ fn deliver(shard: &mut Shard, env: Envelope) {
     unsafe { shard.deliver(env) }
 }
 
+/// `n` tells from entity `from` to `from + 1`, in bursts of 1 000.
+fn local(shard: &mut Shard, kinds: &Kinds, from: u64, n: u64) {
+    let mut left = n;
+    while left > 0 {
+        let burst = left.min(1_000);
+        deliver(shard, message(kinds, from, Op::Tell, Msg::Relay(burst)));
+        shard.run_local(usize::MAX);
+        left -= burst;
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(path), Some(n)) = (
         args.first(),
         args.get(1).and_then(|n| n.parse::<u64>().ok()),
     ) else {
-        eprintln!("usage: msgcost deliver|activate|local|ask N");
+        eprintln!("usage: msgcost deliver|activate|local|local_moved|ask N");
         return ExitCode::from(2);
     };
-    let (mut shard, kinds) = shard();
+    if path == "local_moved" {
+        let (mut shards, kinds) = shards(2);
+        let (pair, other) = keys_on_first_of_two();
+        deliver(
+            &mut shards[0],
+            message(&kinds, other, Op::Tell, Msg::Add(0)),
+        );
+        let request = kinds
+            .move_request::<Sink>(other, MoveRequest { target: 1 })
+            .expect("registered")
+            .with_route(NO_REPLY, 0);
+        deliver(&mut shards[0], request);
+        settle(&mut shards);
+        assert!(shards[1].owns(0, other), "the unrelated entity moved");
+        local(&mut shards[0], &kinds, pair, n);
+        black_box(shards[0].counters().handled);
+        return ExitCode::SUCCESS;
+    }
+    let (mut shards, kinds) = shards(1);
+    let shard = &mut shards[0];
     for key in 0..1_000 {
-        deliver(&mut shard, message(&kinds, key, Op::Tell, Msg::Add(0)));
+        deliver(shard, message(&kinds, key, Op::Tell, Msg::Add(0)));
     }
     match path.as_str() {
         "deliver" => {
             for i in 0..n {
                 deliver(
-                    &mut shard,
+                    shard,
                     message(&kinds, i % 1_000, Op::Tell, Msg::Add(1)),
                 );
             }
@@ -109,24 +186,16 @@ fn main() -> ExitCode {
         "activate" => {
             for i in 0..n {
                 deliver(
-                    &mut shard,
+                    shard,
                     message(&kinds, 1_000 + i, Op::Tell, Msg::Add(1)),
                 );
             }
         }
-        "local" => {
-            let mut left = n;
-            while left > 0 {
-                let burst = left.min(1_000);
-                deliver(&mut shard, message(&kinds, 0, Op::Tell, Msg::Relay(burst)));
-                shard.run_local(usize::MAX);
-                left -= burst;
-            }
-        }
+        "local" => local(shard, &kinds, 0, n),
         "ask" => {
             for i in 0..n {
                 deliver(
-                    &mut shard,
+                    shard,
                     message(&kinds, i % 1_000, Op::AskClient, Msg::Add(1)),
                 );
                 // Replies leave in batches, as the runtime publishes them.
