@@ -111,7 +111,11 @@ impl BlockedFlag {
     /// The producer, once it is awake again (it woke, or did not park after
     /// all): it re-checks its rings itself from here on.
     pub(crate) fn clear(&self) {
-        self.blocked.store(false, Ordering::Relaxed);
+        // Written only when set: the consumer reads this line after every
+        // read, and a store of `false` over `false` would still take it away.
+        if self.blocked.load(Ordering::Relaxed) {
+            self.blocked.store(false, Ordering::Relaxed);
+        }
     }
 
     /// The consumer, after a read that freed room: whether the producer may

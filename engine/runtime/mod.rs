@@ -35,6 +35,10 @@ pub(crate) const LOCAL_SLICE: usize = 64;
 pub(crate) const TIMER_BATCH: usize = 1024;
 /// How often a busy shard publishes its metrics.
 pub(crate) const METRICS_INTERVAL_NS: u64 = 1_000_000;
+/// Least time between two publishes of a shard that goes idle after work and
+/// spins (a parking shard publishes before it parks).
+pub(crate) const IDLE_PUBLISH_GAP_NS: u64 = 50_000;
+const _: () = assert!(IDLE_PUBLISH_GAP_NS < METRICS_INTERVAL_NS);
 /// Consecutive passes with work after which a shard gathers before the next
 /// one. An ask round trip never makes three in a row, so sequential asks are
 /// not delayed (`versus` ask p99 unchanged).

@@ -11,8 +11,8 @@ use rtrb::chunks::ReadChunk;
 use rtrb::{Consumer, Producer};
 
 use super::{
-    GATHER_MIN, GATHER_STREAK, LOCAL_BATCH, LOCAL_SLICE, METRICS_INTERVAL_NS, RING_DRAIN_BATCH,
-    TIMER_BATCH,
+    GATHER_MIN, GATHER_STREAK, IDLE_PUBLISH_GAP_NS, LOCAL_BATCH, LOCAL_SLICE, METRICS_INTERVAL_NS,
+    RING_DRAIN_BATCH, TIMER_BATCH,
 };
 use crate::clients::registry::ClientEnds;
 use crate::config::IdlePolicy;
@@ -176,17 +176,8 @@ impl ShardLoop {
                 continue;
             }
 
-            // Nothing to do this pass. Counters go out on the first idle pass
-            // after work (a reader that saw its reply sees them soon after),
-            // then as on a busy shard.
+            // Nothing to do this pass.
             streak = 0;
-            if unpublished || start_ns - self.metrics_at_ns >= METRICS_INTERVAL_NS {
-                self.publish_metrics(start_ns);
-                unpublished = false;
-            }
-            if sealed && self.quiet() && self.quiesce() {
-                return;
-            }
             let spin = match idle {
                 IdlePolicy::Poll => true,
                 IdlePolicy::SpinThenPark { spin_us } => {
@@ -195,6 +186,27 @@ impl ShardLoop {
                 }
                 IdlePolicy::Park => false,
             };
+            // Counters go out on an idle pass after work (a reader that saw
+            // its reply sees them soon after) — before parking, or once
+            // IDLE_PUBLISH_GAP_NS passed since the last time — then as on a
+            // busy shard. Not on every idle pass: between the asks of a
+            // ping-pong that was one publish per ask (`versus ask` p50).
+            let since_published = start_ns - self.metrics_at_ns;
+            if (unpublished && (!spin || since_published >= IDLE_PUBLISH_GAP_NS))
+                || since_published >= METRICS_INTERVAL_NS
+            {
+                self.publish_metrics(start_ns);
+                unpublished = false;
+            }
+            if sealed && self.quiet() {
+                if unpublished {
+                    self.publish_metrics(start_ns);
+                    unpublished = false;
+                }
+                if self.quiesce() {
+                    return;
+                }
+            }
             if spin {
                 std::hint::spin_loop();
                 continue;

@@ -177,18 +177,12 @@ fn main() -> ExitCode {
     match path.as_str() {
         "deliver" => {
             for i in 0..n {
-                deliver(
-                    shard,
-                    message(&kinds, i % 1_000, Op::Tell, Msg::Add(1)),
-                );
+                deliver(shard, message(&kinds, i % 1_000, Op::Tell, Msg::Add(1)));
             }
         }
         "activate" => {
             for i in 0..n {
-                deliver(
-                    shard,
-                    message(&kinds, 1_000 + i, Op::Tell, Msg::Add(1)),
-                );
+                deliver(shard, message(&kinds, 1_000 + i, Op::Tell, Msg::Add(1)));
             }
         }
         "local" => local(shard, &kinds, 0, n),
