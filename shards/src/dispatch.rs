@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::ctx::Ctx;
 use crate::durable::Codec;
 use crate::entity::Entity;
-use crate::envelope::{Envelope, Op};
+use crate::envelope::{Disarmed, Envelope, Op};
 use crate::error::{AskError, RestoreError};
 use crate::hash::KeyMap;
 use crate::id::{EntityId, KindId};
@@ -47,7 +47,7 @@ pub(crate) trait ErasedTable {
     /// When the entity is not live here and `activate` is false, hands the
     /// envelope back untouched instead of activating it (it may live on
     /// another shard).
-    fn deliver(&mut self, env: Envelope, svc: &mut Services, activate: bool);
+    fn deliver(&mut self, env: Disarmed, svc: &mut Services, activate: bool);
     /// Starts loading the index lines `deliver` will read first for entities
     /// `keys` (see [`Shard::prefetch`](crate::driver::Shard::prefetch)).
     fn prefetch(&self, keys: &[u64]);
@@ -313,7 +313,7 @@ impl<E: Entity> KindTable<E> {
 }
 
 impl<E: Entity> ErasedTable for KindTable<E> {
-    fn deliver(&mut self, env: Envelope, svc: &mut Services, activate: bool) {
+    fn deliver(&mut self, env: Disarmed, svc: &mut Services, activate: bool) {
         debug_assert_eq!(env.kind, self.kind);
         let (key, op, sender, token, status) = (env.key, env.op, env.sender, env.token, env.status);
         let id = EntityId::new(self.kind, key);
@@ -640,9 +640,10 @@ impl Tables {
     /// request to the shard's moves); when the entity is not live here and
     /// `activate` is false, hands it back.
     #[inline]
-    pub(crate) fn deliver_here_if(&mut self, env: Envelope, svc: &mut Services, activate: bool) {
+    pub(crate) fn deliver_here_if(&mut self, env: Disarmed, svc: &mut Services, activate: bool) {
         debug_assert!(env.status == 0 && !matches!(env.op, Op::Switch | Op::Rejoin));
         if env.op == Op::Migrate {
+            let env = env.rearm();
             svc.moves_mut().request(PendingMove::of_request(&env));
             return;
         }
@@ -655,7 +656,7 @@ impl Tables {
     /// if needed.
     #[inline]
     pub(crate) fn deliver_here(&mut self, env: Envelope, svc: &mut Services) {
-        self.deliver_here_if(env, svc, true);
+        self.deliver_here_if(Disarmed::new(env), svc, true);
         debug_assert!(svc.take_missed().is_none(), "an activating delivery missed");
     }
 

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use crate::dispatch::{self, Tables};
-use crate::envelope::{Envelope, Op};
+use crate::envelope::{Disarmed, Envelope, Op};
 use crate::error::{AskError, RestoreError};
 use crate::id::{EntityId, KindId};
 use crate::kinds::Kinds;
@@ -94,7 +94,8 @@ impl Shard {
                 // so settled moves cost the deliveries that hit nothing.
                 if env.status == 0 && self.mig.quiet() {
                     let activate = self.mig.no_places();
-                    self.tables.deliver_here_if(env, &mut self.svc, activate);
+                    self.tables
+                        .deliver_here_if(Disarmed::new(env), &mut self.svc, activate);
                     if !activate {
                         if let Some(env) = self.svc.take_missed() {
                             self.proto().route_addressed(env);

@@ -20,7 +20,10 @@
 //! - `ask`: a client ask to a live entity, its reply taken from the outbox
 //!   (in batches of 64, as the runtime publishes);
 //! - `local_moved`: `local` on a shard of two from which an unrelated entity
-//!   has moved away to the other (a settled move must cost nothing here).
+//!   has moved away to the other (a settled move must cost nothing here);
+//! - `cross`: an entity on shard 0 of two tells entities on shard 1 (1 000
+//!   keys round robin); shard 0's outbox is published into an rtrb ring in
+//!   chunks and shard 1 delivers from it, as the runtime does.
 
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -38,6 +41,8 @@ struct Sink(u64);
 enum Msg {
     Add(u64),
     Relay(u64),
+    /// Tell entity `to` `Add(1)`.
+    Send(u64),
 }
 
 impl Entity for Sink {
@@ -50,6 +55,9 @@ impl Entity for Sink {
     fn handle(&mut self, msg: Msg, ctx: &mut Ctx<'_, Self>) -> u64 {
         match msg {
             Msg::Add(n) => self.0 += n,
+            Msg::Send(to) => {
+                let _ = ctx.tell::<Sink>(to, Msg::Add(1));
+            }
             Msg::Relay(n) => {
                 let to = ctx.key() + 1;
                 for _ in 0..n {
@@ -142,15 +150,53 @@ fn local(shard: &mut Shard, kinds: &Kinds, from: u64, n: u64) {
     }
 }
 
+/// `n` tells from an entity on shard 0 to entities on shard 1, through a
+/// ring, in bursts of 256 (one pass: handle, publish, deliver).
+fn cross(shards: &mut [Shard], kinds: &Kinds, n: u64) {
+    let home = |key| percore_shards::driver::home_shard(kind_hash(Sink::KIND), key, 2);
+    let from = (0..).find(|&k| home(k) == 0).expect("a key on shard 0");
+    let targets: Vec<u64> = (0..).filter(|&k| home(k) == 1).take(1_000).collect();
+    let (mut tx, mut rx) = rtrb::RingBuffer::<Envelope>::new(1024);
+    let mut next = 0;
+    let mut left = n;
+    while left > 0 {
+        let burst = left.min(256);
+        for _ in 0..burst {
+            let to = targets[next % targets.len()];
+            next += 1;
+            deliver(
+                &mut shards[0],
+                message(kinds, from, Op::Tell, Msg::Send(to)),
+            );
+        }
+        shards[0].run_local(usize::MAX);
+        let out = shards[0].outbox_to_shard(1);
+        let len = out.len();
+        let chunk = tx.write_chunk_uninit(len).expect("room");
+        chunk.fill_from_iter(out.drain(len));
+        let chunk = rx.read_chunk(len).expect("published");
+        for env in chunk {
+            deliver(&mut shards[1], env);
+        }
+        left -= burst;
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(path), Some(n)) = (
         args.first(),
         args.get(1).and_then(|n| n.parse::<u64>().ok()),
     ) else {
-        eprintln!("usage: msgcost deliver|activate|local|local_moved|ask N");
+        eprintln!("usage: msgcost deliver|activate|local|local_moved|cross|ask N");
         return ExitCode::from(2);
     };
+    if path == "cross" {
+        let (mut shards, kinds) = shards(2);
+        cross(&mut shards, &kinds, n);
+        black_box(shards[1].counters().handled);
+        return ExitCode::SUCCESS;
+    }
     if path == "local_moved" {
         let (mut shards, kinds) = shards(2);
         let (pair, other) = keys_on_first_of_two();
