@@ -5,25 +5,9 @@
 
 mod common;
 
-use percore::{Ctx, Entity, Error};
+use percore::Error;
 
-use common::{guarded, test_engine};
-
-struct Echo;
-
-impl Entity for Echo {
-    const KIND: &'static str = "slots.echo";
-    type Msg = u64;
-    type Reply = u64;
-
-    fn activate(_key: u64) -> Self {
-        Echo
-    }
-
-    fn handle(&mut self, n: u64, _ctx: &mut Ctx<'_, Self>) -> u64 {
-        n
-    }
-}
+use common::{guarded, test_engine, Echo};
 
 #[test]
 fn a_dropped_clients_slot_is_free_for_the_next_client() {

@@ -4,43 +4,9 @@
 
 mod common_durable;
 
-use percore::{Ctx, DurableState, Entity, Error};
+use percore::Error;
 
-use common_durable::{durable_engine, DataDir};
-
-struct Counter {
-    n: u64,
-}
-
-impl Entity for Counter {
-    const KIND: &'static str = "durable_data_dir.counter";
-    type Msg = u64;
-    type Reply = u64;
-
-    fn activate(_key: u64) -> Self {
-        Counter { n: 0 }
-    }
-
-    fn handle(&mut self, add: u64, _ctx: &mut Ctx<'_, Self>) -> u64 {
-        self.n += add;
-        self.n
-    }
-}
-
-impl DurableState for Counter {
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.n.to_le_bytes());
-    }
-
-    fn decode(key: u64, bytes: &[u8]) -> Result<Self, percore::DecodeError> {
-        let n = bytes
-            .try_into()
-            .map_err(|_| format!("counter {key}: {} bytes, expected 8", bytes.len()))?;
-        Ok(Counter {
-            n: u64::from_le_bytes(n),
-        })
-    }
-}
+use common_durable::{durable_engine, Counter, DataDir};
 
 #[test]
 fn a_data_dir_that_is_a_regular_file_is_named_in_the_error() {

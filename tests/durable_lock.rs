@@ -13,9 +13,9 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use percore::{Ctx, DurableState, Engine, Entity, Error};
+use percore::{Engine, Error};
 
-use common_durable::{durable_engine, guarded, DataDir};
+use common_durable::{durable_engine, guarded, Counter, DataDir};
 
 /// Set (to the data directory) in the child's environment.
 const CHILD_ENV: &str = "PERCORE_DURABLE_LOCK_CHILD";
@@ -23,41 +23,6 @@ const CHILD_ENV: &str = "PERCORE_DURABLE_LOCK_CHILD";
 const CHILD_TEST: &str = "an_engine_in_another_process_holds_the_data_directory_until_it_dies";
 /// What the child prints once its engine runs and has logged its change.
 const CHILD_READY: &str = "percore-lock-child-ready";
-
-/// A durable counter.
-struct Counter {
-    n: u64,
-}
-
-impl Entity for Counter {
-    const KIND: &'static str = "durable_lock.counter";
-    type Msg = u64;
-    type Reply = u64;
-
-    fn activate(_key: u64) -> Self {
-        Counter { n: 0 }
-    }
-
-    fn handle(&mut self, add: u64, _ctx: &mut Ctx<'_, Self>) -> u64 {
-        self.n += add;
-        self.n
-    }
-}
-
-impl DurableState for Counter {
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.n.to_le_bytes());
-    }
-
-    fn decode(key: u64, bytes: &[u8]) -> Result<Self, percore::DecodeError> {
-        let n = bytes
-            .try_into()
-            .map_err(|_| format!("counter {key}: {} bytes, expected 8", bytes.len()))?;
-        Ok(Counter {
-            n: u64::from_le_bytes(n),
-        })
-    }
-}
 
 fn start(dir: &Path) -> Result<Engine, Error> {
     durable_engine(dir, 1, 1 << 30)

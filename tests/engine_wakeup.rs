@@ -8,25 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use percore::{Ctx, Entity};
-
-use common::{test_engine, HANG_GUARD};
-
-struct Echo;
-
-impl Entity for Echo {
-    const KIND: &'static str = "wakeup.echo";
-    type Msg = u64;
-    type Reply = u64;
-
-    fn activate(_key: u64) -> Self {
-        Echo
-    }
-
-    fn handle(&mut self, n: u64, _ctx: &mut Ctx<'_, Self>) -> u64 {
-        n
-    }
-}
+use common::{test_engine, Echo, HANG_GUARD};
 
 #[test]
 fn parked_shards_wake_for_every_ask() {

@@ -1297,54 +1297,27 @@ fn a_stopped_entitys_timers_stop() {
 /// One way a message is discarded: its name and what the world does.
 type Path = (&'static str, fn(&mut World));
 
+/// Arms a one-shot timer on plain entity 1, then sends it `op`, and settles.
+fn arm_then(w: &mut World, op: POp) {
+    let arm = POp::Arm {
+        delay_ns: 1_000_000,
+        periodic: false,
+    };
+    w.tell::<Plain>(0, 1, plain_msg(None, arm));
+    w.tell::<Plain>(0, 1, plain_msg(None, op));
+    w.settle();
+}
+
 #[test]
 fn discarded_messages_drop_their_payloads() {
     let mut leaks = Vec::new();
     let paths: [Path; 5] = [
-        ("a cancelled timer", |w| {
-            w.tell::<Plain>(
-                0,
-                1,
-                plain_msg(
-                    None,
-                    POp::Arm {
-                        delay_ns: 1_000_000,
-                        periodic: false,
-                    },
-                ),
-            );
-            w.tell::<Plain>(0, 1, plain_msg(None, POp::CancelOne));
-            w.settle();
-        }),
+        ("a cancelled timer", |w| arm_then(w, POp::CancelOne)),
         ("a stopped entity's pending timer", |w| {
-            w.tell::<Plain>(
-                0,
-                1,
-                plain_msg(
-                    None,
-                    POp::Arm {
-                        delay_ns: 1_000_000,
-                        periodic: false,
-                    },
-                ),
-            );
-            w.tell::<Plain>(0, 1, plain_msg(None, POp::Stop));
-            w.settle();
+            arm_then(w, POp::Stop)
         }),
         ("a panicked entity's pending timer", |w| {
-            w.tell::<Plain>(
-                0,
-                1,
-                plain_msg(
-                    None,
-                    POp::Arm {
-                        delay_ns: 1_000_000,
-                        periodic: false,
-                    },
-                ),
-            );
-            w.tell::<Plain>(0, 1, plain_msg(None, POp::Boom));
-            w.settle();
+            arm_then(w, POp::Boom)
         }),
         ("the held outputs of a failed durable change", |w| {
             // Deposit(4) tells a plain entity too; both outputs are held.

@@ -8,7 +8,7 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use percore::{Engine, EngineBuilder, Entity, IdlePolicy};
+use percore::{Ctx, Engine, EngineBuilder, Entity, IdlePolicy};
 
 /// How long a test waits for something that must happen before it declares
 /// the engine hung. Not a performance bound: it only turns a hang into a
@@ -74,5 +74,22 @@ pub fn guarded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'st
             Err(panic) => std::panic::resume_unwind(panic),
             Ok(()) => unreachable!("the worker sends before it returns"),
         },
+    }
+}
+
+/// Replies with the number it is sent.
+pub struct Echo;
+
+impl Entity for Echo {
+    const KIND: &'static str = "common.echo";
+    type Msg = u64;
+    type Reply = u64;
+
+    fn activate(_key: u64) -> Self {
+        Echo
+    }
+
+    fn handle(&mut self, n: u64, _ctx: &mut Ctx<'_, Self>) -> u64 {
+        n
     }
 }

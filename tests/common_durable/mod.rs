@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use percore::{Engine, EngineBuilder, EngineConfig, IdlePolicy, Metrics};
+use percore::{
+    Ctx, DurableState, Engine, EngineBuilder, EngineConfig, Entity, IdlePolicy, Metrics,
+};
 
 // The hang guards and key pickers of the `engine_*` tests, shared.
 #[path = "../common/mod.rs"]
@@ -91,5 +93,41 @@ pub fn wait_for_metrics(engine: &Engine, what: &str, done: impl Fn(&Metrics) -> 
             m.total()
         );
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A durable counter with a hand-written 8-byte encoding: it adds what it is
+/// sent and replies with its total.
+pub struct Counter {
+    n: u64,
+}
+
+impl Entity for Counter {
+    const KIND: &'static str = "common_durable.counter";
+    type Msg = u64;
+    type Reply = u64;
+
+    fn activate(_key: u64) -> Self {
+        Counter { n: 0 }
+    }
+
+    fn handle(&mut self, add: u64, _ctx: &mut Ctx<'_, Self>) -> u64 {
+        self.n += add;
+        self.n
+    }
+}
+
+impl DurableState for Counter {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.n.to_le_bytes());
+    }
+
+    fn decode(key: u64, bytes: &[u8]) -> Result<Self, percore::DecodeError> {
+        let n = bytes
+            .try_into()
+            .map_err(|_| format!("counter {key}: {} bytes, expected 8", bytes.len()))?;
+        Ok(Counter {
+            n: u64::from_le_bytes(n),
+        })
     }
 }
